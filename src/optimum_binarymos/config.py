@@ -1,0 +1,98 @@
+"""``BinaryMoSConfig``: what a user passes as ``quantization_config`` to ``from_pretrained``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from transformers.quantizers import register_quantization_config
+from transformers.utils.quantization_config import QuantizationConfigMixin
+
+from .nn.svid import DEFAULT_SVID_ITERATIONS
+from .packing import FORMAT_VERSION
+
+#: Name under which the method is registered with transformers (``quant_method`` in ``config.json``).
+QUANT_METHOD = "binarymos"
+
+#: Default number of scaling experts (the paper's best trade-off).
+DEFAULT_NUM_EXPERTS = 4
+
+
+@register_quantization_config(QUANT_METHOD)
+class BinaryMoSConfig(QuantizationConfigMixin):
+    """Configuration of BinaryMoS 1-bit quantization.
+
+    Every ``nn.Linear`` (and GPT-2 style ``Conv1D``) inside the model's repeated decoder blocks becomes
+    ``sign(W)`` scaled by token-adaptive input/output scales mixed from ``num_experts`` scaling experts.
+    Embeddings, ``lm_head`` and norms are never converted.
+
+    Args:
+        num_experts: scaling experts per layer. ``1`` is the OneBit baseline (static dual scales, no router).
+        modules_to_not_convert: extra modules to keep in float, as dotted names or name pieces matched on
+            whole components (``"mlp.down_proj"`` keeps every block's ``down_proj`` in its ``mlp``,
+            ``"layers.0"`` keeps the first block, ``"vision_tower"`` a whole sub-model).
+        svid_iterations: power iterations for the rank-1 SVID initialization of the scales; ``0`` uses an
+            exact SVD (much slower on large matrices, same result to ~1e-6).
+        format_version: version of the packed layout; set when saving, checked when loading.
+
+    Example::
+
+        >>> from optimum_binarymos import BinaryMoSConfig
+        >>> BinaryMoSConfig(num_experts=1).num_experts
+        1
+    """
+
+    def __init__(
+        self,
+        num_experts: int = DEFAULT_NUM_EXPERTS,
+        modules_to_not_convert: list[str] | None = None,
+        svid_iterations: int = DEFAULT_SVID_ITERATIONS,
+        format_version: int = FORMAT_VERSION,
+        **kwargs: Any,
+    ) -> None:
+        self.quant_method = QUANT_METHOD
+        self.num_experts = num_experts
+        self.modules_to_not_convert = (
+            list(modules_to_not_convert) if modules_to_not_convert is not None else None
+        )
+        self.svid_iterations = svid_iterations
+        self.format_version = format_version
+        # Reloading passes back every saved key; drop the ones transformers adds itself.
+        kwargs.pop("quant_method", None)
+        if kwargs:
+            unknown = ", ".join(sorted(kwargs))
+            raise ValueError(
+                f"BinaryMoSConfig got unknown arguments: {unknown}. Known: num_experts, modules_to_not_convert, "
+                "svid_iterations, format_version."
+            )
+        self.post_init()
+
+    def post_init(self) -> None:
+        """Validate every field, with a message that says what to change."""
+        if isinstance(self.num_experts, bool) or not isinstance(self.num_experts, int) or self.num_experts < 1:
+            raise ValueError(
+                f"num_experts must be an integer >= 1 (1 is the OneBit baseline, 4 the BinaryMoS default); "
+                f"got {self.num_experts!r}"
+            )
+        if self.modules_to_not_convert is not None and not all(
+            isinstance(name, str) and name for name in self.modules_to_not_convert
+        ):
+            raise ValueError(
+                "modules_to_not_convert must be a list of non-empty module names such as ['lm_head', "
+                f"'mlp.down_proj']; got {self.modules_to_not_convert!r}"
+            )
+        if (
+            isinstance(self.svid_iterations, bool)
+            or not isinstance(self.svid_iterations, int)
+            or self.svid_iterations < 0
+        ):
+            raise ValueError(
+                f"svid_iterations must be an integer >= 0 (0 = exact SVD, 30 is plenty); got {self.svid_iterations!r}"
+            )
+        if isinstance(self.format_version, bool) or not isinstance(self.format_version, int) or self.format_version < 1:
+            raise ValueError(f"format_version must be a positive integer; got {self.format_version!r}")
+        if self.format_version > FORMAT_VERSION:
+            raise ValueError(
+                f"This checkpoint uses BinaryMoS packed format version {self.format_version}, but the installed "
+                f"optimum-binarymos reads up to version {FORMAT_VERSION}. Upgrade it: "
+                "pip install -U optimum-binarymos"
+            )

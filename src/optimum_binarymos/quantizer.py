@@ -1,0 +1,216 @@
+"""The transformers ``HfQuantizer`` for BinaryMoS: lifecycle hooks only.
+
+* Float checkpoint + ``BinaryMoSConfig``: decoder linears become latent :class:`BinaryMoSLinear` skeletons on the
+  meta device; each float weight is turned into latent weight + SVID scales + router the moment it is read
+  (:class:`SvidInitialize`), so the float model never exists twice in memory.
+* Packed checkpoint (``config.json`` says ``quant_method: binarymos``): linears become
+  :class:`PackedBinaryMoSLinear` skeletons and the packed tensors fill them directly; no float weight is built.
+* ``save_pretrained``: latent weights are packed on the way out (:meth:`get_state_dict_and_metadata`).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import torch
+from safetensors import safe_open
+from torch import nn
+from transformers.core_model_loading import ConversionOps
+from transformers.quantizers import HfQuantizer, register_quantizer
+
+from .config import QUANT_METHOD, BinaryMoSConfig
+from .convert import modules_to_convert, replace_modules, skeleton_layer
+from .nn.binarymos import BinaryMoSLinear, PackedBinaryMoSLinear
+from .nn.svid import svid_rank1
+from .packing import FORMAT_VERSION, PACKED_DTYPE, pack_signs
+
+logger = logging.getLogger(__name__)
+
+#: safetensors metadata key carrying the packed layout version.
+FORMAT_METADATA_KEY = "binarymos_format_version"
+
+
+class SvidInitialize(ConversionOps):
+    """Turns a float checkpoint weight into the tensors of a latent BinaryMoS layer.
+
+    Input: ``{"<module>.weight": tensor}``. Output: ``<module>.weight`` (``(out, in)``; GPT-2 ``Conv1D`` weights
+    are transposed), ``<module>.scale_in``, ``<module>.scale_out`` and, with several experts,
+    ``<module>.router_weight``.
+    """
+
+    def __init__(self, hf_quantizer: BinaryMoSHfQuantizer) -> None:
+        self.hf_quantizer = hf_quantizer
+
+    def convert(self, input_dict: dict[str, Any], model: nn.Module | None = None, **kwargs) -> dict[str, torch.Tensor]:
+        config = self.hf_quantizer.quantization_config
+        result: dict[str, torch.Tensor] = {}
+        for key, value in input_dict.items():
+            weight = value[0] if isinstance(value, list) else value
+            prefix = key.removesuffix(".weight")
+            layer = model.get_submodule(prefix)
+            if getattr(layer, "source_is_conv1d", False):
+                weight = weight.t()
+            weight = weight.contiguous()
+            expected = (layer.out_features, layer.in_features)
+            if tuple(weight.shape) != expected:
+                raise ValueError(
+                    f"Checkpoint tensor {key} has shape {tuple(weight.shape)} but {prefix} expects {expected}"
+                )
+            out_scale, in_scale = svid_rank1(weight, config.svid_iterations)
+            experts = config.num_experts
+            result[key] = weight
+            result[f"{prefix}.scale_in"] = in_scale.to(weight.dtype).expand(experts, -1).contiguous()
+            result[f"{prefix}.scale_out"] = out_scale.to(weight.dtype).expand(experts, -1).contiguous()
+            if experts > 1:
+                router = torch.empty(experts, layer.in_features, dtype=weight.dtype, device=weight.device)
+                nn.init.kaiming_uniform_(router, a=5**0.5)  # nn.Linear's default: random, never zero
+                result[f"{prefix}.router_weight"] = router
+        return result
+
+
+@register_quantizer(QUANT_METHOD)
+class BinaryMoSHfQuantizer(HfQuantizer):
+    """Converts float checkpoints to BinaryMoS on load, loads packed ones, packs on save."""
+
+    requires_calibration = False
+    quantization_config: BinaryMoSConfig
+
+    def __init__(self, quantization_config: BinaryMoSConfig, **kwargs) -> None:
+        super().__init__(quantization_config, **kwargs)
+        self.converted_modules: list[str] = []
+
+    def validate_environment(self, *args, **kwargs) -> None:
+        device_map = kwargs.get("device_map")
+        if isinstance(device_map, dict) and "disk" in device_map.values():
+            raise ValueError("BinaryMoS models cannot be offloaded to disk; drop 'disk' from device_map.")
+
+    def _process_model_before_weight_loading(self, model, **kwargs) -> None:
+        self.converted_modules = modules_to_convert(model, self.quantization_config.modules_to_not_convert)
+        dtype = kwargs.get("dtype")
+        replace_modules(
+            model,
+            self.converted_modules,
+            lambda _name, module: skeleton_layer(module, self.quantization_config, self.pre_quantized, dtype),
+        )
+        if self.pre_quantized:
+            check_packed_checkpoint(
+                model, kwargs.get("checkpoint_files") or [], self.quantization_config.num_experts
+            )
+
+    def param_needs_quantization(self, model, param_name: str, **kwargs) -> bool:
+        if self.pre_quantized or not param_name.endswith(".weight"):
+            return False
+        module_name = param_name.removesuffix(".weight")
+        try:
+            return isinstance(model.get_submodule(module_name), BinaryMoSLinear)
+        except AttributeError:
+            return False
+
+    def get_quantize_ops(self) -> SvidInitialize:
+        return SvidInitialize(self)
+
+    def _process_model_after_weight_loading(self, model, **kwargs):
+        _check_fully_loaded(model)
+        kind = "packed" if self.pre_quantized else "latent (trainable)"
+        logger.info("BinaryMoS: %d layers in %s form", len(self.converted_modules), kind)
+        return model
+
+    def get_state_dict_and_metadata(self, model):
+        return packed_state_dict(model), {FORMAT_METADATA_KEY: str(FORMAT_VERSION)}
+
+    def is_serializable(self, safe_serialization=None) -> bool:
+        return True
+
+    @property
+    def is_trainable(self) -> bool:
+        return True
+
+    @property
+    def is_qat_trainable(self) -> bool:
+        # The latent form trains directly; a packed model trains only through adapters.
+        return not self.pre_quantized
+
+
+def packed_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """``model.state_dict()`` with every latent ``<module>.weight`` replaced by ``<module>.weight_packed``."""
+    state = model.state_dict()
+    for name, module in model.named_modules():
+        if isinstance(module, BinaryMoSLinear):
+            latent = state.pop(f"{name}.weight")
+            state[f"{name}.weight_packed"] = pack_signs(latent)
+    return state
+
+
+def check_packed_checkpoint(model: nn.Module, checkpoint_files: list[str], num_experts: int) -> None:
+    """Compare the safetensors headers (no data is read) with the packed skeleton before anything loads.
+
+    Raises:
+        ValueError: naming every BinaryMoS tensor that is missing, mis-shaped or of the wrong dtype.
+    """
+    headers: dict[str, tuple[tuple[int, ...], str]] = {}
+    for path in checkpoint_files:
+        if str(path).endswith(".safetensors"):
+            with safe_open(path, framework="pt") as checkpoint:
+                for key in checkpoint.keys():
+                    tensor = checkpoint.get_slice(key)
+                    headers[key] = (tuple(tensor.get_shape()), tensor.get_dtype())
+    if not headers:
+        return  # not safetensors: the post-load check still catches missing tensors
+    problems = []
+    for module_name, module in model.named_modules():
+        if not isinstance(module, PackedBinaryMoSLinear):
+            continue
+        if f"{module_name}.weight" in headers and f"{module_name}.weight_packed" not in headers:
+            problems.append(f"{module_name}.weight is a float weight: the checkpoint is not packed")
+            continue
+        for tensor_name, tensor in [*module.named_parameters(recurse=False), *module.named_buffers(recurse=False)]:
+            key = f"{module_name}.{tensor_name}"
+            if key not in headers:
+                problems.append(f"{key} is missing")
+                continue
+            shape, dtype = headers[key]
+            if shape != tuple(tensor.shape):
+                problems.append(f"{key} has shape {list(shape)}, expected {list(tensor.shape)}")
+            elif tensor.dtype == PACKED_DTYPE and dtype != "U8":
+                problems.append(f"{key} has dtype {dtype}, expected U8")
+    if problems:
+        shown = "; ".join(problems[:8]) + (f"; and {len(problems) - 8} more" if len(problems) > 8 else "")
+        raise ValueError(
+            f"This BinaryMoS checkpoint does not fit {type(model).__name__} with num_experts={num_experts}: {shown}"
+        )
+
+
+def _check_fully_loaded(model: nn.Module) -> None:
+    """Refuse a model whose BinaryMoS tensors were not all in the checkpoint (they would hold garbage)."""
+    missing = [
+        f"{module_name}.{tensor_name}"
+        for module_name, module in model.named_modules()
+        if isinstance(module, (BinaryMoSLinear, PackedBinaryMoSLinear))
+        for tensor_name, tensor in [*module.named_parameters(recurse=False), *module.named_buffers(recurse=False)]
+        if not getattr(tensor, "_is_hf_initialized", False)
+    ]
+    if missing:
+        shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+        raise ValueError(
+            f"The checkpoint is missing BinaryMoS tensors: {shown}. It was not written by this version of "
+            "optimum-binarymos for this architecture, or it is incomplete."
+        )
+
+
+def attach_quantizer(model: nn.Module, config: BinaryMoSConfig, pre_quantized: bool) -> BinaryMoSHfQuantizer:
+    """Give a model converted outside ``from_pretrained`` what ``from_pretrained`` would have: the quantizer
+    (so ``save_pretrained`` packs and ``Trainer`` accepts it) and ``config.quantization_config``."""
+    quantizer = BinaryMoSHfQuantizer(config, pre_quantized=pre_quantized)
+    quantizer.converted_modules = [
+        name
+        for name, module in model.named_modules()
+        if isinstance(module, (BinaryMoSLinear, PackedBinaryMoSLinear))
+    ]
+    model.is_quantized = True
+    model.quantization_method = QUANT_METHOD
+    model.hf_quantizer = quantizer
+    if hasattr(model, "config"):
+        model.config.quantization_config = config
+        model.config._is_quantized = True
+    return quantizer
