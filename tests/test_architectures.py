@@ -73,7 +73,9 @@ def test_conversion_equals_sign_times_rank1_and_packed_reload_matches(
             assert (f"{name}.router_weight" in keys) == (num_experts > 1)
 
     reloaded = AutoModelForCausalLM.from_pretrained(tmp_path).eval()
-    assert sorted(n for n, m in reloaded.named_modules() if isinstance(m, PackedBinaryMoSLinear)) == sorted(names)
+    assert sorted(n for n, m in reloaded.named_modules() if isinstance(m, PackedBinaryMoSLinear)) == sorted(
+        names
+    )
     assert not any(isinstance(m, BinaryMoSLinear) for m in reloaded.modules())
     assert reloaded.config.quantization_config.num_experts == num_experts
     with torch.no_grad():
@@ -89,8 +91,13 @@ def test_fused_moe_experts_stay_float_with_one_log_line(tmp_path, caplog):
 
     torch.manual_seed(0)
     config = transformers.MixtralConfig(
-        vocab_size=96, hidden_size=64, intermediate_size=88, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, num_local_experts=4,
+        vocab_size=96,
+        hidden_size=64,
+        intermediate_size=88,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        num_local_experts=4,
     )
     AutoModelForCausalLM.from_config(config).save_pretrained(tmp_path)
     with caplog.at_level("WARNING", logger="optimum_binarymos"):

@@ -23,10 +23,15 @@ def test_power_iteration_svid_matches_exact_svd():
     out_power, in_power = svid_rank1(weight, 30)
     out_exact, in_exact = svid_rank1(weight, 0)
     assert (out_power >= 0).all() and (in_power >= 0).all()
-    torch.testing.assert_close(torch.outer(out_power, in_power), torch.outer(out_exact, in_exact), rtol=1e-4, atol=1e-7)
+    torch.testing.assert_close(
+        torch.outer(out_power, in_power), torch.outer(out_exact, in_exact), rtol=1e-4, atol=1e-7
+    )
     left, singular, right = torch.linalg.svd(weight.abs())
     torch.testing.assert_close(
-        torch.outer(out_exact, in_exact), singular[0] * torch.outer(left[:, 0], right[0]), rtol=1e-5, atol=1e-8
+        torch.outer(out_exact, in_exact),
+        singular[0] * torch.outer(left[:, 0], right[0]),
+        rtol=1e-5,
+        atol=1e-8,
     )
 
 
@@ -37,7 +42,11 @@ def test_svid_of_zero_matrix_is_finite():
 
 def reference_forward(layer, x):
     """The formula of the paper, written out."""
-    signs = torch.where(layer.weight >= 0, 1.0, -1.0) if isinstance(layer, BinaryMoSLinear) else layer.signs(x.dtype)
+    signs = (
+        torch.where(layer.weight >= 0, 1.0, -1.0)
+        if isinstance(layer, BinaryMoSLinear)
+        else layer.signs(x.dtype)
+    )
     if layer.router_weight is None:
         s_in, s_out = layer.scale_in[0], layer.scale_out[0]
     else:

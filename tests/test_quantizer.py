@@ -47,7 +47,9 @@ def test_config_round_trips_through_json():
 
 @pytest.fixture
 def packed_checkpoint(float_checkpoint, tmp_path):
-    model = AutoModelForCausalLM.from_pretrained(float_checkpoint("llama"), quantization_config=BinaryMoSConfig())
+    model = AutoModelForCausalLM.from_pretrained(
+        float_checkpoint("llama"), quantization_config=BinaryMoSConfig()
+    )
     model.save_pretrained(tmp_path)
     return tmp_path
 
@@ -67,7 +69,10 @@ def test_wrong_shape_in_checkpoint_names_the_tensor(packed_checkpoint):
     name = "model.layers.1.mlp.up_proj.weight_packed"
     tensors[name] = tensors[name][:, :-1].contiguous()
     save_file(tensors, path, metadata={"format": "pt"})
-    with pytest.raises(ValueError, match=r"model\.layers\.1\.mlp\.up_proj\.weight_packed has shape \[88, 7\], expected \[88, 8\]"):
+    with pytest.raises(
+        ValueError,
+        match=r"model\.layers\.1\.mlp\.up_proj\.weight_packed has shape \[88, 7\], expected \[88, 8\]",
+    ):
         AutoModelForCausalLM.from_pretrained(packed_checkpoint)
 
 
@@ -96,15 +101,25 @@ def test_no_convertible_layer_is_an_error_and_leaves_the_model_untouched(float_c
 def test_modules_to_not_convert_matches_whole_name_components():
     model = make_float_model("llama")
     names = modules_to_convert(model, ["mlp.down_proj", "layers.0"])
-    assert names == [f"model.layers.1.{s}" for s in
-                     ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
-                      "mlp.gate_proj", "mlp.up_proj")]
+    assert names == [
+        f"model.layers.1.{s}"
+        for s in (
+            "self_attn.q_proj",
+            "self_attn.k_proj",
+            "self_attn.v_proj",
+            "self_attn.o_proj",
+            "mlp.gate_proj",
+            "mlp.up_proj",
+        )
+    ]
     assert "lm_head" not in modules_to_convert(model)
 
 
 def test_in_memory_convert_then_pack_then_save_matches_from_pretrained(float_checkpoint, tokens, tmp_path):
     model = convert_model(make_float_model("opt"), BinaryMoSConfig(num_experts=4))
-    on_load = AutoModelForCausalLM.from_pretrained(float_checkpoint("opt"), quantization_config=BinaryMoSConfig())
+    on_load = AutoModelForCausalLM.from_pretrained(
+        float_checkpoint("opt"), quantization_config=BinaryMoSConfig()
+    )
     with torch.no_grad():
         latent_logits = model(tokens).logits
         # Right after conversion the experts are identical, so the (random) router does not matter.
@@ -123,7 +138,9 @@ def test_in_memory_convert_then_pack_then_save_matches_from_pretrained(float_che
 
 
 def test_trained_latent_model_reloads_packed_with_equal_logits(float_checkpoint, tokens, tmp_path):
-    model = AutoModelForCausalLM.from_pretrained(float_checkpoint("qwen3"), quantization_config=BinaryMoSConfig())
+    model = AutoModelForCausalLM.from_pretrained(
+        float_checkpoint("qwen3"), quantization_config=BinaryMoSConfig()
+    )
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
     for _ in range(3):  # a few steps so experts, router and signs all move away from their init
         optimizer.zero_grad()
@@ -157,7 +174,9 @@ def test_bfloat16_conversion_keeps_scales_in_model_dtype(float_checkpoint, token
 
 
 def test_trainer_accepts_the_latent_model_and_refuses_nothing(float_checkpoint, tmp_path):
-    model = AutoModelForCausalLM.from_pretrained(float_checkpoint("llama"), quantization_config=BinaryMoSConfig())
+    model = AutoModelForCausalLM.from_pretrained(
+        float_checkpoint("llama"), quantization_config=BinaryMoSConfig()
+    )
     assert model.hf_quantizer.is_trainable and model.hf_quantizer.is_qat_trainable
     args = transformers.TrainingArguments(output_dir=str(tmp_path), report_to=[], use_cpu=True)
     transformers.Trainer(model=model, args=args)  # raises for quantized models that cannot train
@@ -165,8 +184,13 @@ def test_trainer_accepts_the_latent_model_and_refuses_nothing(float_checkpoint, 
 
 def test_linear_heavy_llama_packs_over_ten_times_smaller_than_fp16(tmp_path):
     config = transformers.LlamaConfig(
-        vocab_size=320, hidden_size=1024, intermediate_size=2816, num_hidden_layers=2, num_attention_heads=16,
-        num_key_value_heads=16, tie_word_embeddings=False,
+        vocab_size=320,
+        hidden_size=1024,
+        intermediate_size=2816,
+        num_hidden_layers=2,
+        num_attention_heads=16,
+        num_key_value_heads=16,
+        tie_word_embeddings=False,
     )
     torch.manual_seed(0)
     AutoModelForCausalLM.from_config(config).to(torch.float16).save_pretrained(tmp_path / "fp16")

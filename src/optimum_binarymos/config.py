@@ -68,7 +68,11 @@ class BinaryMoSConfig(QuantizationConfigMixin):
 
     def post_init(self) -> None:
         """Validate every field, with a message that says what to change."""
-        if isinstance(self.num_experts, bool) or not isinstance(self.num_experts, int) or self.num_experts < 1:
+        if (
+            isinstance(self.num_experts, bool)
+            or not isinstance(self.num_experts, int)
+            or self.num_experts < 1
+        ):
             raise ValueError(
                 f"num_experts must be an integer >= 1 (1 is the OneBit baseline, 4 the BinaryMoS default); "
                 f"got {self.num_experts!r}"
@@ -88,7 +92,11 @@ class BinaryMoSConfig(QuantizationConfigMixin):
             raise ValueError(
                 f"svid_iterations must be an integer >= 0 (0 = exact SVD, 30 is plenty); got {self.svid_iterations!r}"
             )
-        if isinstance(self.format_version, bool) or not isinstance(self.format_version, int) or self.format_version < 1:
+        if (
+            isinstance(self.format_version, bool)
+            or not isinstance(self.format_version, int)
+            or self.format_version < 1
+        ):
             raise ValueError(f"format_version must be a positive integer; got {self.format_version!r}")
         if self.format_version > FORMAT_VERSION:
             raise ValueError(

@@ -97,7 +97,9 @@ def _log_fused_experts(model: nn.Module, inside: set[str]) -> None:
         )
 
 
-def replace_modules(model: nn.Module, names: Iterable[str], build: Callable[[str, nn.Module], nn.Module]) -> None:
+def replace_modules(
+    model: nn.Module, names: Iterable[str], build: Callable[[str, nn.Module], nn.Module]
+) -> None:
     """Replace each named submodule by ``build(name, old_module)``."""
     for name in names:
         parent_name, _, child = name.rpartition(".")

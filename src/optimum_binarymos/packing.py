@@ -61,9 +61,7 @@ def pack_signs(weight: torch.Tensor) -> torch.Tensor:
     return (bits << shifts).sum(dim=-1, dtype=torch.uint8)
 
 
-def unpack_signs(
-    packed: torch.Tensor, in_features: int, dtype: torch.dtype = torch.float32
-) -> torch.Tensor:
+def unpack_signs(packed: torch.Tensor, in_features: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """Inverse of :func:`pack_signs`.
 
     Args:

@@ -42,7 +42,9 @@ class SvidInitialize(ConversionOps):
     def __init__(self, hf_quantizer: BinaryMoSHfQuantizer) -> None:
         self.hf_quantizer = hf_quantizer
 
-    def convert(self, input_dict: dict[str, Any], model: nn.Module | None = None, **kwargs) -> dict[str, torch.Tensor]:
+    def convert(
+        self, input_dict: dict[str, Any], model: nn.Module | None = None, **kwargs
+    ) -> dict[str, torch.Tensor]:
         config = self.hf_quantizer.quantization_config
         result: dict[str, torch.Tensor] = {}
         for key, value in input_dict.items():
@@ -164,7 +166,10 @@ def check_packed_checkpoint(model: nn.Module, checkpoint_files: list[str], num_e
         if f"{module_name}.weight" in headers and f"{module_name}.weight_packed" not in headers:
             problems.append(f"{module_name}.weight is a float weight: the checkpoint is not packed")
             continue
-        for tensor_name, tensor in [*module.named_parameters(recurse=False), *module.named_buffers(recurse=False)]:
+        for tensor_name, tensor in [
+            *module.named_parameters(recurse=False),
+            *module.named_buffers(recurse=False),
+        ]:
             key = f"{module_name}.{tensor_name}"
             if key not in headers:
                 problems.append(f"{key} is missing")
@@ -187,7 +192,10 @@ def _check_fully_loaded(model: nn.Module) -> None:
         f"{module_name}.{tensor_name}"
         for module_name, module in model.named_modules()
         if isinstance(module, (BinaryMoSLinear, PackedBinaryMoSLinear))
-        for tensor_name, tensor in [*module.named_parameters(recurse=False), *module.named_buffers(recurse=False)]
+        for tensor_name, tensor in [
+            *module.named_parameters(recurse=False),
+            *module.named_buffers(recurse=False),
+        ]
         if not getattr(tensor, "_is_hf_initialized", False)
     ]
     if missing:

@@ -10,7 +10,9 @@ DEFAULT_SVID_ITERATIONS = 30
 
 
 @torch.no_grad()
-def svid_rank1(weight: torch.Tensor, iterations: int = DEFAULT_SVID_ITERATIONS) -> tuple[torch.Tensor, torch.Tensor]:
+def svid_rank1(
+    weight: torch.Tensor, iterations: int = DEFAULT_SVID_ITERATIONS
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Rank-1 factors of ``|weight|``, computed in float32.
 
     Args:
