@@ -125,6 +125,8 @@ def test_in_memory_convert_then_pack_then_save_matches_from_pretrained(float_che
         # Right after conversion the experts are identical, so the (random) router does not matter.
         torch.testing.assert_close(latent_logits, on_load(tokens).logits, rtol=1e-5, atol=1e-5)
 
+    with pytest.raises(ValueError, match="already a BinaryMoS model"):
+        convert_model(model)
     pack_model(model)
     assert not any(isinstance(m, BinaryMoSLinear) for m in model.modules())
     assert sum(isinstance(m, PackedBinaryMoSLinear) for m in model.modules()) == 12

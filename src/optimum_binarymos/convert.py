@@ -56,7 +56,7 @@ def _inside_repeated_block(model: nn.Module) -> set[str]:
 
 
 def modules_to_convert(model: nn.Module, modules_to_not_convert: Iterable[str] | None = None) -> list[str]:
-    """Names of the modules of ``model`` that BinaryMoS converts, in model order.
+    """Names of the modules of ``model`` that BinaryMoS converts (or has converted), in model order.
 
     Raises:
         ValueError: when nothing is left to convert.
@@ -66,7 +66,7 @@ def modules_to_convert(model: nn.Module, modules_to_not_convert: Iterable[str] |
     names = [
         name
         for name, module in model.named_modules()
-        if isinstance(module, (nn.Linear, Conv1D))
+        if isinstance(module, (nn.Linear, Conv1D, BinaryMoSLinear, PackedBinaryMoSLinear))
         and name in inside
         and not any(_matches(name, pattern) for pattern in skipped)
     ]
@@ -137,6 +137,8 @@ def convert_model(model: nn.Module, quantization_config: BinaryMoSConfig | None 
     """
     from .quantizer import attach_quantizer
 
+    if any(isinstance(module, (BinaryMoSLinear, PackedBinaryMoSLinear)) for module in model.modules()):
+        raise ValueError(f"{type(model).__name__} is already a BinaryMoS model; convert_model takes a float model.")
     config = quantization_config or BinaryMoSConfig()
     names = modules_to_convert(model, config.modules_to_not_convert)
     progress = tqdm(total=len(names), desc="Converting to BinaryMoS", disable=len(names) < 64)
