@@ -217,3 +217,46 @@ def test_float_weights_under_a_binarymos_config_are_refused(float_checkpoint, tm
     (tmp_path / "config.json").write_text(json.dumps(config))
     with pytest.raises(ValueError, match=r"model\.layers\.0\.self_attn\.q_proj\.weight is a float weight"):
         AutoModelForCausalLM.from_pretrained(tmp_path)
+
+
+def test_latent_saving_writes_float_latent_weights_that_reload_trainable(float_checkpoint, tokens, tmp_path):
+    from optimum_binarymos import latent_saving
+
+    model = AutoModelForCausalLM.from_pretrained(
+        float_checkpoint("gpt2"), quantization_config=BinaryMoSConfig()
+    )
+    with latent_saving(model):
+        model.save_pretrained(tmp_path / "latent")
+    assert model.config.quantization_config.checkpoint_form == "packed"
+    saved = json.loads((tmp_path / "latent" / "config.json").read_text())["quantization_config"]
+    assert saved["checkpoint_form"] == "latent"
+    tensors = load_file(tmp_path / "latent" / "model.safetensors")
+    assert tensors["transformer.h.0.attn.c_attn.weight"].shape == (192, 64)  # latent, (out, in)
+
+    resumed = AutoModelForCausalLM.from_pretrained(tmp_path / "latent")
+    layer = resumed.transformer.h[0].attn.c_attn
+    assert isinstance(layer, BinaryMoSLinear)
+    torch.testing.assert_close(layer.weight, model.transformer.h[0].attn.c_attn.weight, rtol=0, atol=0)
+    torch.testing.assert_close(
+        layer.router_weight, model.transformer.h[0].attn.c_attn.router_weight, rtol=0, atol=0
+    )
+    assert resumed.hf_quantizer.is_qat_trainable
+    with torch.no_grad():
+        torch.testing.assert_close(resumed(tokens).logits, model(tokens).logits, rtol=1e-6, atol=1e-6)
+
+    resumed.save_pretrained(tmp_path / "packed")  # outside the block: packed again
+    assert "transformer.h.0.attn.c_attn.weight_packed" in load_file(tmp_path / "packed" / "model.safetensors")
+
+    pack_model(model)
+    with pytest.raises(ValueError, match="no latent weights"):
+        with latent_saving(model):
+            pass
+
+
+def test_packed_models_train_only_through_adapters(packed_checkpoint):
+    packed = AutoModelForCausalLM.from_pretrained(packed_checkpoint)
+    assert packed.hf_quantizer.is_trainable and not packed.hf_quantizer.is_qat_trainable
+    latent = convert_model(make_float_model("llama"))
+    assert latent.hf_quantizer.is_qat_trainable
+    pack_model(latent)
+    assert not latent.hf_quantizer.is_qat_trainable

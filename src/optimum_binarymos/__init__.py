@@ -9,7 +9,7 @@ from .config import BinaryMoSConfig
 from .convert import convert_model, modules_to_convert, pack_model
 from .nn import BinaryMoSLinear, PackedBinaryMoSLinear
 from .packing import FORMAT_VERSION, pack_signs, unpack_signs
-from .quantizer import BinaryMoSHfQuantizer
+from .quantizer import BinaryMoSHfQuantizer, latent_saving
 
 __version__ = "0.1.0"
 
@@ -20,6 +20,7 @@ __all__ = [
     "BinaryMoSLinear",
     "PackedBinaryMoSLinear",
     "convert_model",
+    "latent_saving",
     "modules_to_convert",
     "pack_model",
     "pack_signs",

@@ -13,6 +13,9 @@ from .packing import FORMAT_VERSION
 #: Name under which the method is registered with transformers (``quant_method`` in ``config.json``).
 QUANT_METHOD = "binarymos"
 
+#: What a saved checkpoint can hold: 1-bit packed layers, or latent float weights (to resume training).
+CHECKPOINT_FORMS = ("packed", "latent")
+
 #: Default number of scaling experts (the paper's best trade-off).
 DEFAULT_NUM_EXPERTS = 4
 
@@ -33,6 +36,9 @@ class BinaryMoSConfig(QuantizationConfigMixin):
         svid_iterations: power iterations for the rank-1 SVID initialization of the scales; ``0`` uses an
             exact SVD (much slower on large matrices, same result to ~1e-6).
         format_version: version of the packed layout; set when saving, checked when loading.
+        checkpoint_form: what a saved checkpoint holds: ``"packed"`` (1-bit, for inference; the default) or
+            ``"latent"`` (float latent weights, for resuming training; written inside
+            :func:`optimum_binarymos.latent_saving`). Set by the library, not by users.
 
     Example::
 
@@ -47,6 +53,7 @@ class BinaryMoSConfig(QuantizationConfigMixin):
         modules_to_not_convert: list[str] | None = None,
         svid_iterations: int = DEFAULT_SVID_ITERATIONS,
         format_version: int = FORMAT_VERSION,
+        checkpoint_form: str = "packed",
         **kwargs: Any,
     ) -> None:
         self.quant_method = QUANT_METHOD
@@ -56,13 +63,14 @@ class BinaryMoSConfig(QuantizationConfigMixin):
         )
         self.svid_iterations = svid_iterations
         self.format_version = format_version
+        self.checkpoint_form = checkpoint_form
         # Reloading passes back every saved key; drop the ones transformers adds itself.
         kwargs.pop("quant_method", None)
         if kwargs:
             unknown = ", ".join(sorted(kwargs))
             raise ValueError(
                 f"BinaryMoSConfig got unknown arguments: {unknown}. Known: num_experts, modules_to_not_convert, "
-                "svid_iterations, format_version."
+                "svid_iterations, format_version, checkpoint_form."
             )
         self.post_init()
 

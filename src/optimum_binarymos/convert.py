@@ -138,7 +138,9 @@ def convert_model(model: nn.Module, quantization_config: BinaryMoSConfig | None 
     from .quantizer import attach_quantizer
 
     if any(isinstance(module, (BinaryMoSLinear, PackedBinaryMoSLinear)) for module in model.modules()):
-        raise ValueError(f"{type(model).__name__} is already a BinaryMoS model; convert_model takes a float model.")
+        raise ValueError(
+            f"{type(model).__name__} is already a BinaryMoS model; convert_model takes a float model."
+        )
     config = quantization_config or BinaryMoSConfig()
     names = modules_to_convert(model, config.modules_to_not_convert)
     progress = tqdm(total=len(names), desc="Converting to BinaryMoS", disable=len(names) < 64)
@@ -172,4 +174,6 @@ def pack_model(model: nn.Module) -> nn.Module:
     quantizer = getattr(model, "hf_quantizer", None)
     if quantizer is not None:
         quantizer.pre_quantized = True
+        quantizer.holds_packed_layers = True
+        quantizer.quantization_config.checkpoint_form = "packed"
     return model

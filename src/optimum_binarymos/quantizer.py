@@ -11,6 +11,8 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -81,6 +83,13 @@ class BinaryMoSHfQuantizer(HfQuantizer):
     def __init__(self, quantization_config: BinaryMoSConfig, **kwargs) -> None:
         super().__init__(quantization_config, **kwargs)
         self.converted_modules: list[str] = []
+        # Whether the model's layers are packed (inference only) or latent (trainable).
+        self.holds_packed_layers = False
+
+    @property
+    def loads_packed(self) -> bool:
+        """True when the checkpoint being loaded holds packed layers (not float or latent weights)."""
+        return self.pre_quantized and self.quantization_config.checkpoint_form == "packed"
 
     def validate_environment(self, *args, **kwargs) -> None:
         device_map = kwargs.get("device_map")
@@ -89,13 +98,14 @@ class BinaryMoSHfQuantizer(HfQuantizer):
 
     def _process_model_before_weight_loading(self, model, **kwargs) -> None:
         self.converted_modules = modules_to_convert(model, self.quantization_config.modules_to_not_convert)
+        self.holds_packed_layers = self.loads_packed
         dtype = kwargs.get("dtype")
         replace_modules(
             model,
             self.converted_modules,
-            lambda _name, module: skeleton_layer(module, self.quantization_config, self.pre_quantized, dtype),
+            lambda _name, module: skeleton_layer(module, self.quantization_config, self.loads_packed, dtype),
         )
-        if self.pre_quantized:
+        if self.loads_packed:
             check_packed_checkpoint(
                 model, kwargs.get("checkpoint_files") or [], self.quantization_config.num_experts
             )
@@ -114,12 +124,17 @@ class BinaryMoSHfQuantizer(HfQuantizer):
 
     def _process_model_after_weight_loading(self, model, **kwargs):
         _check_fully_loaded(model)
-        kind = "packed" if self.pre_quantized else "latent (trainable)"
+        # Whatever was loaded, the next save_pretrained writes packed layers unless asked otherwise.
+        self.quantization_config.checkpoint_form = "packed"
+        kind = "packed" if self.holds_packed_layers else "latent (trainable)"
         logger.info("BinaryMoS: %d layers in %s form", len(self.converted_modules), kind)
         return model
 
     def get_state_dict_and_metadata(self, model):
-        return packed_state_dict(model), {FORMAT_METADATA_KEY: str(FORMAT_VERSION)}
+        metadata = {FORMAT_METADATA_KEY: str(FORMAT_VERSION)}
+        if self.quantization_config.checkpoint_form == "latent":
+            return model.state_dict(), metadata
+        return packed_state_dict(model), metadata
 
     def is_serializable(self, safe_serialization=None) -> bool:
         return True
@@ -131,7 +146,7 @@ class BinaryMoSHfQuantizer(HfQuantizer):
     @property
     def is_qat_trainable(self) -> bool:
         # The latent form trains directly; a packed model trains only through adapters.
-        return not self.pre_quantized
+        return not self.holds_packed_layers
 
 
 def packed_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -206,10 +221,39 @@ def _check_fully_loaded(model: nn.Module) -> None:
         )
 
 
+@contextmanager
+def latent_saving(model: nn.Module) -> Iterator[None]:
+    """Inside this block ``model.save_pretrained`` writes the latent float weights instead of packed bits.
+
+    Such a checkpoint reloads with ``from_pretrained`` as a trainable latent model (its config says
+    ``checkpoint_form: "latent"``); use it for intermediate training checkpoints. Outside the block saving packs.
+
+    Example::
+
+        with latent_saving(model):
+            model.save_pretrained("checkpoint-100")
+    """
+    quantizer = getattr(model, "hf_quantizer", None)
+    if not isinstance(quantizer, BinaryMoSHfQuantizer):
+        raise ValueError(f"{type(model).__name__} is not a BinaryMoS model (it has no BinaryMoS quantizer).")
+    if any(isinstance(module, PackedBinaryMoSLinear) for module in model.modules()):
+        raise ValueError("A packed BinaryMoS model has no latent weights to save.")
+    config = quantizer.quantization_config
+    previous = config.checkpoint_form
+    config.checkpoint_form = "latent"
+    try:
+        yield
+    finally:
+        config.checkpoint_form = previous
+
+
 def attach_quantizer(model: nn.Module, config: BinaryMoSConfig, pre_quantized: bool) -> BinaryMoSHfQuantizer:
     """Give a model converted outside ``from_pretrained`` what ``from_pretrained`` would have: the quantizer
     (so ``save_pretrained`` packs and ``Trainer`` accepts it) and ``config.quantization_config``."""
     quantizer = BinaryMoSHfQuantizer(config, pre_quantized=pre_quantized)
+    quantizer.holds_packed_layers = any(
+        isinstance(module, PackedBinaryMoSLinear) for module in model.modules()
+    )
     quantizer.converted_modules = [
         name
         for name, module in model.named_modules()
