@@ -73,7 +73,7 @@ def trained_like_layer(num_experts, bias, in_features=37, out_features=21):
 def test_latent_and_packed_follow_the_formula_for_any_batch_shape(num_experts, bias):
     layer = trained_like_layer(num_experts, bias)
     packed = PackedBinaryMoSLinear.from_latent(layer)
-    assert packed.weight_packed.dtype == torch.uint8 and packed.weight_packed.shape == (21, 5)
+    assert packed.weight.dtype == torch.uint8 and packed.weight.shape == (21, 5)
     for shape in [(37,), (1, 37), (3, 37), (2, 5, 37)]:
         x = torch.randn(shape)
         with torch.no_grad():

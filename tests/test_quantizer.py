@@ -66,12 +66,12 @@ def test_newer_format_version_is_refused(packed_checkpoint):
 def test_wrong_shape_in_checkpoint_names_the_tensor(packed_checkpoint):
     path = packed_checkpoint / "model.safetensors"
     tensors = load_file(path)
-    name = "model.layers.1.mlp.up_proj.weight_packed"
+    name = "model.layers.1.mlp.up_proj.weight"
     tensors[name] = tensors[name][:, :-1].contiguous()
     save_file(tensors, path, metadata={"format": "pt"})
     with pytest.raises(
         ValueError,
-        match=r"model\.layers\.1\.mlp\.up_proj\.weight_packed has shape \[88, 7\], expected \[88, 8\]",
+        match=r"model\.layers\.1\.mlp\.up_proj\.weight has shape \[88, 7\], expected \[88, 8\]",
     ):
         AutoModelForCausalLM.from_pretrained(packed_checkpoint)
 
@@ -168,7 +168,7 @@ def test_bfloat16_conversion_keeps_scales_in_model_dtype(float_checkpoint, token
     model.save_pretrained(tmp_path)
     tensors = load_file(tmp_path / "model.safetensors")
     assert tensors["model.layers.0.self_attn.q_proj.scale_out"].dtype == torch.bfloat16
-    assert tensors["model.layers.0.self_attn.q_proj.weight_packed"].dtype == torch.uint8
+    assert tensors["model.layers.0.self_attn.q_proj.weight"].dtype == torch.uint8
     reloaded = AutoModelForCausalLM.from_pretrained(tmp_path)
     assert reloaded.model.layers[0].self_attn.q_proj.scale_in.dtype == torch.bfloat16
     with torch.no_grad():
@@ -245,7 +245,7 @@ def test_latent_saving_writes_float_latent_weights_that_reload_trainable(float_c
         torch.testing.assert_close(resumed(tokens).logits, model(tokens).logits, rtol=1e-6, atol=1e-6)
 
     resumed.save_pretrained(tmp_path / "packed")  # outside the block: packed again
-    assert "transformer.h.0.attn.c_attn.weight_packed" in load_file(tmp_path / "packed" / "model.safetensors")
+    assert "transformer.h.0.attn.c_attn.weight" in load_file(tmp_path / "packed" / "model.safetensors")
 
     pack_model(model)
     with pytest.raises(ValueError, match="no latent weights"):

@@ -25,7 +25,7 @@ from .config import QUANT_METHOD, BinaryMoSConfig
 from .convert import modules_to_convert, replace_modules, skeleton_layer
 from .nn.binarymos import BinaryMoSLinear, PackedBinaryMoSLinear
 from .nn.svid import svid_rank1
-from .packing import FORMAT_VERSION, PACKED_DTYPE, pack_signs
+from .packing import FORMAT_VERSION, pack_signs
 
 logger = logging.getLogger(__name__)
 
@@ -150,12 +150,11 @@ class BinaryMoSHfQuantizer(HfQuantizer):
 
 
 def packed_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
-    """``model.state_dict()`` with every latent ``<module>.weight`` replaced by ``<module>.weight_packed``."""
+    """``model.state_dict()`` with every latent ``<module>.weight`` replaced by its packed ``uint8`` signs."""
     state = model.state_dict()
     for name, module in model.named_modules():
         if isinstance(module, BinaryMoSLinear):
-            latent = state.pop(f"{name}.weight")
-            state[f"{name}.weight_packed"] = pack_signs(latent)
+            state[f"{name}.weight"] = pack_signs(state[f"{name}.weight"])
     return state
 
 
@@ -178,8 +177,11 @@ def check_packed_checkpoint(model: nn.Module, checkpoint_files: list[str], num_e
     for module_name, module in model.named_modules():
         if not isinstance(module, PackedBinaryMoSLinear):
             continue
-        if f"{module_name}.weight" in headers and f"{module_name}.weight_packed" not in headers:
-            problems.append(f"{module_name}.weight is a float weight: the checkpoint is not packed")
+        weight_dtype = headers.get(f"{module_name}.weight", (None, "U8"))[1]
+        if weight_dtype != "U8":
+            problems.append(
+                f"{module_name}.weight is a float weight ({weight_dtype}): the checkpoint is not packed"
+            )
             continue
         for tensor_name, tensor in [
             *module.named_parameters(recurse=False),
@@ -192,8 +194,6 @@ def check_packed_checkpoint(model: nn.Module, checkpoint_files: list[str], num_e
             shape, dtype = headers[key]
             if shape != tuple(tensor.shape):
                 problems.append(f"{key} has shape {list(shape)}, expected {list(tensor.shape)}")
-            elif tensor.dtype == PACKED_DTYPE and dtype != "U8":
-                problems.append(f"{key} has dtype {dtype}, expected U8")
     if problems:
         shown = "; ".join(problems[:8]) + (f"; and {len(problems) - 8} more" if len(problems) > 8 else "")
         raise ValueError(

@@ -155,7 +155,9 @@ class BinaryMoSLinear(_MixtureOfScalesMixin):
 class PackedBinaryMoSLinear(_MixtureOfScalesMixin):
     """Inference BinaryMoS layer: signs at 1 bit each, scales and router in float.
 
-    Tensors: ``weight_packed`` ``uint8 (out, ceil(in / 8))`` (a buffer; layout in :mod:`optimum_binarymos.packing`),
+    Tensors: ``weight`` ``uint8 (out, ceil(in / 8))`` (a buffer of packed signs; layout in
+    :mod:`optimum_binarymos.packing`; the name is ``weight`` so that plain transformers, without this package,
+    fails on the shape instead of silently loading a wrong model),
     ``scale_in`` ``(E, in)``, ``scale_out`` ``(E, out)``, ``router_weight`` ``(E, in)`` (absent when ``E == 1``),
     ``bias`` ``(out,)``.
     """
@@ -173,7 +175,7 @@ class PackedBinaryMoSLinear(_MixtureOfScalesMixin):
         self.in_features = in_features
         self.out_features = out_features
         self.register_buffer(
-            "weight_packed",
+            "weight",
             torch.zeros(out_features, packed_columns(in_features), device=device, dtype=PACKED_DTYPE),
         )
         self._init_scales(num_experts, bias, device, dtype)
@@ -190,18 +192,12 @@ class PackedBinaryMoSLinear(_MixtureOfScalesMixin):
             device=latent.scale_in.device,
             dtype=latent.scale_in.dtype,
         )
-        packed.weight_packed.copy_(pack_signs(latent.weight))
+        packed.weight.copy_(pack_signs(latent.weight))
         for name in ("scale_in", "scale_out", "router_weight", "bias"):
             source = getattr(latent, name)
             if source is not None:
                 getattr(packed, name).copy_(source)
         return packed.requires_grad_(False)
 
-    @property
-    def weight(self) -> torch.Tensor:
-        """The packed sign bits (``uint8``). Model init code (GPT-2's, peft's device placement) looks for a
-        ``.weight``; a loaded tensor is marked initialized, so such code leaves it alone."""
-        return self.weight_packed
-
     def signs(self, dtype: torch.dtype) -> torch.Tensor:
-        return unpack_signs(self.weight_packed, self.in_features, dtype)
+        return unpack_signs(self.weight, self.in_features, dtype)
