@@ -1,4 +1,4 @@
-"""Which modules of a model become BinaryMoS layers, and swapping them in.
+"""Which modules of a model become quantized (BinaryMoS or ternary) layers, and swapping them in.
 
 A module is converted when it is an ``nn.Linear`` or a GPT-2 style ``Conv1D`` that lives inside a repeated block
 (an element of an ``nn.ModuleList``: the decoder layers) and no pattern of ``modules_to_not_convert`` matches it.
@@ -17,11 +17,27 @@ from transformers.pytorch_utils import Conv1D
 
 from .config import BinaryMoSConfig
 from .nn.binarymos import BinaryMoSLinear, PackedBinaryMoSLinear
+from .nn.ternary import PackedTernaryLinear, TernaryLinear
+from .packing import CODE_PACKINGS
+from .ternary_config import TernaryConfig
 
 logger = logging.getLogger(__name__)
 
 #: Modules that are never converted, whatever the user asks.
 ALWAYS_KEPT_IN_FLOAT = ("lm_head",)
+
+#: Trainable layers holding latent float weights, and the inference layers they pack into.
+LATENT_LAYER_TYPES = (BinaryMoSLinear, TernaryLinear)
+PACKED_LAYER_TYPES = (PackedBinaryMoSLinear, PackedTernaryLinear)
+QUANTIZED_LAYER_TYPES = LATENT_LAYER_TYPES + PACKED_LAYER_TYPES
+
+#: A quantization config of this package.
+QuantizationConfig = BinaryMoSConfig | TernaryConfig
+
+
+def method_name(config: QuantizationConfig) -> str:
+    """Human-readable name of the method a config describes, for messages."""
+    return "ternary" if isinstance(config, TernaryConfig) else "BinaryMoS"
 
 
 def linear_dims(module: nn.Module) -> tuple[int, int, bool]:
@@ -56,7 +72,7 @@ def _inside_repeated_block(model: nn.Module) -> set[str]:
 
 
 def modules_to_convert(model: nn.Module, modules_to_not_convert: Iterable[str] | None = None) -> list[str]:
-    """Names of the modules of ``model`` that BinaryMoS converts (or has converted), in model order.
+    """Names of the modules of ``model`` that quantization converts (or has converted), in model order.
 
     Raises:
         ValueError: when nothing is left to convert.
@@ -66,14 +82,14 @@ def modules_to_convert(model: nn.Module, modules_to_not_convert: Iterable[str] |
     names = [
         name
         for name, module in model.named_modules()
-        if isinstance(module, (nn.Linear, Conv1D, BinaryMoSLinear, PackedBinaryMoSLinear))
+        if isinstance(module, (nn.Linear, Conv1D, *QUANTIZED_LAYER_TYPES))
         and name in inside
         and not any(_matches(name, pattern) for pattern in skipped)
     ]
     _log_fused_experts(model, inside)
     if not names:
         raise ValueError(
-            f"{type(model).__name__} has no linear layer inside its decoder blocks left to convert to BinaryMoS "
+            f"{type(model).__name__} has no linear layer inside its decoder blocks left to quantize "
             f"(modules_to_not_convert={list(modules_to_not_convert or [])}). Check the model and that list."
         )
     return names
@@ -90,8 +106,8 @@ def _log_fused_experts(model: nn.Module, inside: set[str]) -> None:
     ]
     if fused:
         logger.warning(
-            "BinaryMoS keeps %d fused MoE expert tensors in float (e.g. %s): only nn.Linear/Conv1D layers are "
-            "binarized.",
+            "optimum-binarymos keeps %d fused MoE expert tensors in float (e.g. %s): only nn.Linear/Conv1D layers "
+            "are quantized.",
             len(fused),
             fused[0],
         )
@@ -108,47 +124,62 @@ def replace_modules(
 
 
 def skeleton_layer(
-    module: nn.Module, config: BinaryMoSConfig, packed: bool, dtype: torch.dtype | None = None
+    module: nn.Module, config: QuantizationConfig, packed: bool, dtype: torch.dtype | None = None
 ) -> nn.Module:
-    """An uninitialized BinaryMoS layer shaped like ``module`` on ``module``'s device (meta while loading)."""
+    """An uninitialized layer of ``config``'s method shaped like ``module`` on ``module``'s device (meta while
+    loading)."""
     in_features, out_features, has_bias = linear_dims(module)
-    cls = PackedBinaryMoSLinear if packed else BinaryMoSLinear
-    layer = cls(
-        in_features,
-        out_features,
-        config.num_experts,
-        has_bias,
-        device=module.weight.device,
-        dtype=dtype or module.weight.dtype,
-    )
+    factory = {"device": module.weight.device, "dtype": dtype or module.weight.dtype}
+    if isinstance(config, TernaryConfig):
+        if packed:
+            layer = PackedTernaryLinear(
+                in_features, out_features, config.group_size, has_bias, config.code_packing, **factory
+            )
+        else:
+            layer = TernaryLinear(in_features, out_features, config.group_size, has_bias, **factory)
+    else:
+        cls = PackedBinaryMoSLinear if packed else BinaryMoSLinear
+        layer = cls(in_features, out_features, config.num_experts, has_bias, **factory)
     # Conv1D checkpoints store (in, out); the loader transposes them into the (out, in) latent weight.
     layer.source_is_conv1d = isinstance(module, Conv1D)
     return layer
 
 
-def convert_model(model: nn.Module, quantization_config: BinaryMoSConfig | None = None) -> nn.Module:
-    """Convert an already-loaded float model to the trainable BinaryMoS form, in place, one layer at a time.
+def latent_from_float(module: nn.Module, config: QuantizationConfig) -> nn.Module:
+    """The trainable layer of ``config``'s method initialized from a float ``nn.Linear`` or ``Conv1D``."""
+    weight = float_weight(module).detach()
+    if isinstance(config, TernaryConfig):
+        return TernaryLinear.from_float(
+            weight, module.bias, config.group_size, config.init_threshold, config.shift_init
+        )
+    return BinaryMoSLinear.from_float(weight, module.bias, config.num_experts, config.svid_iterations)
 
-    ``from_pretrained(..., quantization_config=BinaryMoSConfig())`` is the usual route; this one is for a model
-    object you already hold. The model then saves packed and trains like one converted on load.
+
+def convert_model(model: nn.Module, quantization_config: QuantizationConfig | None = None) -> nn.Module:
+    """Convert an already-loaded float model to the trainable form, in place, one layer at a time.
+
+    ``from_pretrained(..., quantization_config=BinaryMoSConfig())`` (or ``TernaryConfig()``) is the usual route;
+    this one is for a model object you already hold. The model then saves packed and trains like one converted
+    on load.
 
     Returns:
-        ``model``, with every converted layer a :class:`BinaryMoSLinear`.
+        ``model``, with every converted layer a :class:`BinaryMoSLinear` (or a
+        :class:`~optimum_binarymos.nn.ternary.TernaryLinear` under a ``TernaryConfig``).
     """
     from .quantizer import attach_quantizer
 
-    if any(isinstance(module, (BinaryMoSLinear, PackedBinaryMoSLinear)) for module in model.modules()):
+    existing = next((m for m in model.modules() if isinstance(m, QUANTIZED_LAYER_TYPES)), None)
+    if existing is not None:
+        kind = "ternary" if isinstance(existing, (TernaryLinear, PackedTernaryLinear)) else "BinaryMoS"
         raise ValueError(
-            f"{type(model).__name__} is already a BinaryMoS model; convert_model takes a float model."
+            f"{type(model).__name__} is already a {kind} model; convert_model takes a float model."
         )
     config = quantization_config or BinaryMoSConfig()
     names = modules_to_convert(model, config.modules_to_not_convert)
-    progress = tqdm(total=len(names), desc="Converting to BinaryMoS", disable=len(names) < 64)
+    progress = tqdm(total=len(names), desc=f"Converting to {method_name(config)}", disable=len(names) < 64)
 
     def build(name: str, module: nn.Module) -> nn.Module:
-        layer = BinaryMoSLinear.from_float(
-            float_weight(module).detach(), module.bias, config.num_experts, config.svid_iterations
-        )
+        layer = latent_from_float(module, config)
         progress.update()
         return layer
 
@@ -160,18 +191,30 @@ def convert_model(model: nn.Module, quantization_config: BinaryMoSConfig | None 
 
 
 def pack_model(model: nn.Module) -> nn.Module:
-    """Turn every latent :class:`BinaryMoSLinear` of ``model`` into a :class:`PackedBinaryMoSLinear`, in place.
+    """Turn every latent layer of ``model`` into its packed form, in place: :class:`BinaryMoSLinear` into
+    :class:`PackedBinaryMoSLinear`, :class:`~optimum_binarymos.nn.ternary.TernaryLinear` into
+    :class:`~optimum_binarymos.nn.ternary.PackedTernaryLinear` (with the code packing of the model's config).
 
-    The packed model computes the same outputs with 1 bit per binarized weight; use it for inference after
-    training without a save/load round trip. Returns ``model``.
+    The packed model computes the same outputs with 1 bit per binarized weight (2 or 1.6 per ternary one); use
+    it for inference after training without a save/load round trip. Returns ``model``.
     """
-    names = [name for name, module in model.named_modules() if isinstance(module, BinaryMoSLinear)]
+    names = [name for name, module in model.named_modules() if isinstance(module, LATENT_LAYER_TYPES)]
     if not names:
-        if any(isinstance(module, PackedBinaryMoSLinear) for module in model.modules()):
+        if any(isinstance(module, PACKED_LAYER_TYPES) for module in model.modules()):
             return model
-        raise ValueError(f"{type(model).__name__} has no BinaryMoS layer to pack; convert it first.")
-    replace_modules(model, names, lambda _name, latent: PackedBinaryMoSLinear.from_latent(latent))
+        raise ValueError(
+            f"{type(model).__name__} has no BinaryMoS or ternary layer to pack; convert it first."
+        )
     quantizer = getattr(model, "hf_quantizer", None)
+    config = getattr(quantizer, "quantization_config", None)
+    code_packing = config.code_packing if isinstance(config, TernaryConfig) else CODE_PACKINGS[0]
+
+    def pack(_name: str, latent: nn.Module) -> nn.Module:
+        if isinstance(latent, TernaryLinear):
+            return PackedTernaryLinear.from_latent(latent, code_packing)
+        return PackedBinaryMoSLinear.from_latent(latent)
+
+    replace_modules(model, names, pack)
     if quantizer is not None:
         quantizer.pre_quantized = True
         quantizer.holds_packed_layers = True

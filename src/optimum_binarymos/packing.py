@@ -85,3 +85,156 @@ def unpack_signs(packed: torch.Tensor, in_features: int, dtype: torch.dtype = to
     bits = (packed.unsqueeze(-1) >> shifts) & 1
     bits = bits.reshape(packed.shape[0], -1)[:, :in_features]
     return bits.to(dtype) * 2 - 1
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Ternary (1.58-bit) layout, specified for other runtimes in ``docs/FORMAT_TERNARY.md`` (ternary format version 1).
+#
+# * A ternarized weight of logical shape ``(out_features, in_features)`` has per-group ``scale`` (alpha) and
+#   ``shift`` (gamma), groups of ``group_size`` consecutive input columns, the last group padded; its values are
+#   ``scale * T + shift`` with ``T = clamp(round((W - shift) / scale), -1, 1)`` (:func:`ternarize`).
+# * Each trit ``T`` is stored as the code ``T + 1`` (0, 1 or 2), packed along the input axis, row-major:
+#   - ``"2bit"``: 4 codes per byte, code of column ``k`` in bits ``2 * (k % 4)`` and ``2 * (k % 4) + 1`` of byte
+#     ``k // 4`` (least significant pair first); code 3 is never written.
+#   - ``"base3"``: 5 codes per byte, byte ``b`` holds ``sum_j code[5 * b + j] * 3**j`` (least significant digit
+#     first, so a byte is at most 242).
+# * Padding columns (``k >= in_features``) hold code 1 (a zero weight); readers must still ignore them.
+# ---------------------------------------------------------------------------------------------------------------
+
+#: Version of the ternary on-disk layout. Readers refuse checkpoints with a larger number.
+TERNARY_FORMAT_VERSION = 1
+
+#: Codes per byte of each ternary code packing; the first one is the default.
+TRITS_PER_BYTE = {"2bit": 4, "base3": 5}
+
+#: Names of the ternary code packings.
+CODE_PACKINGS = tuple(TRITS_PER_BYTE)
+
+#: Stored code of a zero trit, also written in padding columns.
+TERNARY_PAD_CODE = 1
+
+
+def _check_code_packing(code_packing: str) -> int:
+    if code_packing not in TRITS_PER_BYTE:
+        raise ValueError(f"code_packing must be one of {list(CODE_PACKINGS)}, got {code_packing!r}")
+    return TRITS_PER_BYTE[code_packing]
+
+
+def ternary_groups(in_features: int, group_size: int) -> int:
+    """Number of groups of ``group_size`` input columns per row (the last one may be partial)."""
+    return -(-in_features // group_size)
+
+
+def ternary_packed_columns(in_features: int, code_packing: str = "2bit") -> int:
+    """Bytes per row needed to hold ``in_features`` codes with ``code_packing``."""
+    return -(-in_features // _check_code_packing(code_packing))
+
+
+def grouped_ratio(
+    weight: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor, group_size: int
+) -> torch.Tensor:
+    """``(W - shift) / scale`` per group, in float32.
+
+    Args:
+        weight: ``(out_features, in_features)`` float tensor.
+        scale, shift: ``(out_features, groups)`` float tensors, ``groups = ceil(in_features / group_size)``.
+        group_size: input columns per group.
+
+    Returns:
+        ``(out_features, groups, group_size)`` float32 tensor; the padding columns of the last group (weight
+        taken as 0) are garbage that callers drop.
+    """
+    out_features, in_features = weight.shape
+    groups = ternary_groups(in_features, group_size)
+    if tuple(scale.shape) != (out_features, groups) or tuple(shift.shape) != (out_features, groups):
+        raise ValueError(
+            f"scale and shift must have shape {(out_features, groups)} for a {tuple(weight.shape)} weight in groups "
+            f"of {group_size}; got {tuple(scale.shape)} and {tuple(shift.shape)}"
+        )
+    # float32 whatever the storage dtype, so that training and packing compute the same trits.
+    padded = torch.nn.functional.pad(weight.float(), (0, groups * group_size - in_features))
+    padded = padded.view(out_features, groups, group_size)
+    return (padded - shift.float().unsqueeze(-1)) / scale.float().unsqueeze(-1)
+
+
+def round_ternary(ratio: torch.Tensor) -> torch.Tensor:
+    """``clamp(round(ratio), -1, 1)``; ties round half to even, so ``|ratio| == 0.5`` gives 0."""
+    return ratio.round().clamp_(-1, 1)
+
+
+def ternarize(
+    weight: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor, group_size: int
+) -> torch.Tensor:
+    """The trits ``T = clamp(round((W - shift) / scale), -1, 1)`` of a weight, per group.
+
+    Args:
+        weight: ``(out_features, in_features)`` float tensor.
+        scale, shift: ``(out_features, ceil(in_features / group_size))``.
+
+    Returns:
+        ``(out_features, in_features)`` ``int8`` tensor of -1, 0, +1.
+    """
+    trits = round_ternary(grouped_ratio(weight, scale, shift, group_size))
+    return trits.flatten(1)[:, : weight.shape[1]].to(torch.int8)
+
+
+def pack_ternary(trits: torch.Tensor, code_packing: str = "2bit") -> torch.Tensor:
+    """Pack trits into bytes.
+
+    Args:
+        trits: ``(out_features, in_features)`` integer or float tensor of -1, 0, +1.
+        code_packing: ``"2bit"`` (4 per byte) or ``"base3"`` (5 per byte).
+
+    Returns:
+        ``(out_features, ceil(in_features / per_byte))`` ``uint8`` tensor on ``trits``' device.
+    """
+    per_byte = _check_code_packing(code_packing)
+    if trits.ndim != 2:
+        raise ValueError(f"pack_ternary expects a 2-D tensor, got shape {tuple(trits.shape)}")
+    out_features, in_features = trits.shape
+    codes = trits.to(torch.int16) + 1
+    if codes.numel() and (codes.min() < 0 or codes.max() > 2):
+        raise ValueError("pack_ternary expects values in {-1, 0, +1}; ternarize the weight first")
+    padded = ternary_packed_columns(in_features, code_packing) * per_byte
+    codes = torch.nn.functional.pad(codes, (0, padded - in_features), value=TERNARY_PAD_CODE)
+    codes = codes.view(out_features, -1, per_byte)
+    if code_packing == "2bit":
+        weights = 1 << (2 * torch.arange(per_byte, device=codes.device, dtype=torch.int16))
+    else:
+        weights = 3 ** torch.arange(per_byte, device=codes.device, dtype=torch.int16)
+    # Digits never overlap (bit pairs, or base-3 digits below 3), so the weighted sum is the packed byte.
+    return (codes * weights).sum(dim=-1).to(torch.uint8)
+
+
+def unpack_ternary(
+    packed: torch.Tensor, in_features: int, code_packing: str = "2bit", dtype: torch.dtype = torch.int8
+) -> torch.Tensor:
+    """Inverse of :func:`pack_ternary`.
+
+    Args:
+        packed: ``(out_features, ceil(in_features / per_byte))`` ``uint8`` tensor.
+        in_features: logical number of columns (padding columns are dropped).
+        code_packing: ``"2bit"`` or ``"base3"``, as packed.
+        dtype: dtype of the result (integer or float).
+
+    Returns:
+        ``(out_features, in_features)`` tensor of -1, 0, +1 in ``dtype``.
+    """
+    per_byte = _check_code_packing(code_packing)
+    if packed.dtype != PACKED_DTYPE or packed.ndim != 2:
+        raise ValueError(
+            f"unpack_ternary expects a 2-D {PACKED_DTYPE} tensor, got {packed.dtype} of shape {tuple(packed.shape)}"
+        )
+    if packed.shape[1] != ternary_packed_columns(in_features, code_packing):
+        raise ValueError(
+            f"packed tensor has {packed.shape[1]} bytes per row but in_features={in_features} needs "
+            f"{ternary_packed_columns(in_features, code_packing)} with {code_packing!r} code packing"
+        )
+    wide = packed.to(torch.int16).unsqueeze(-1)
+    positions = torch.arange(per_byte, device=packed.device, dtype=torch.int16)
+    if code_packing == "2bit":
+        codes = (wide >> (2 * positions)) & 3
+    else:
+        codes = torch.div(wide, 3**positions, rounding_mode="floor") % 3
+    codes = codes.reshape(packed.shape[0], -1)[:, :in_features]
+    return (codes - 1).to(dtype)

@@ -1,0 +1,102 @@
+"""Packed ternary matmul: backend choice and the torch path.
+
+``ternary_matmul`` computes, for ``x`` of shape ``(..., K)`` and a packed ``(N, K)`` ternary weight with
+per-group scale ``alpha`` and shift ``gamma`` ``(N, G)``::
+
+    y = sum_g alpha_g * (x_g @ T_g^T) + gamma_g * sum(x_g)        # (..., N)
+
+The shift costs one group-sum of ``x``; ``T`` never becomes a float weight with the shift folded in.
+The backend follows :mod:`.dispatch` (``BINARYMOS_BACKEND`` = ``auto`` | ``triton`` | ``torch``, read at every
+call): ``"triton"`` (:mod:`.triton.ternary`; CUDA tensors, or CPU tensors under ``TRITON_INTERPRET=1``) or
+``"torch"`` (any device, any batch). The Triton kernel tiles each group by at least 16 columns, so ``auto``
+takes the torch path for other group sizes.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from ..packing import unpack_ternary
+from .dispatch import BACKEND_VARIABLE, requested_backend, select_backend
+
+#: The Triton kernel tiles each group by at least 16 columns (the smallest ``tl.dot`` tile).
+TRITON_GROUP_MULTIPLE = 16
+
+
+def select_ternary_backend(x: torch.Tensor, group_size: int) -> str:
+    """``"triton"`` or ``"torch"`` for this call: :func:`.dispatch.select_backend`, then the group-size rule.
+
+    Raises:
+        RuntimeError: when ``triton`` is forced but cannot run these inputs.
+    """
+    backend = select_backend(x.device)
+    if backend == "triton" and group_size % TRITON_GROUP_MULTIPLE:
+        if requested_backend() == "triton":
+            raise RuntimeError(
+                f"{BACKEND_VARIABLE}=triton but the Triton ternary kernel needs a group size that is a multiple "
+                f"of {TRITON_GROUP_MULTIPLE} (got {group_size}); set {BACKEND_VARIABLE}=auto or torch."
+            )
+        return "torch"
+    return backend
+
+
+def ternary_matmul(
+    x: torch.Tensor,
+    codes: torch.Tensor,
+    scale: torch.Tensor,
+    shift: torch.Tensor,
+    in_features: int,
+    group_size: int,
+    code_packing: str = "2bit",
+) -> torch.Tensor:
+    """``sum_g alpha_g * (x_g @ T_g^T) + gamma_g * sum(x_g)`` on the backend :func:`select_backend` picks.
+
+    Args:
+        x: ``(..., in_features)`` activations (float32, float16 or bfloat16).
+        codes: ``(N, ceil(in_features / per_byte))`` ``uint8`` packed trits (:func:`~optimum_binarymos.packing.pack_ternary`).
+        scale, shift: ``(N, ceil(in_features / group_size))`` per-group alpha and gamma.
+        in_features: logical ``K``.
+        group_size: input columns per group.
+        code_packing: ``"2bit"`` or ``"base3"``.
+
+    Returns:
+        ``(..., N)`` in ``x``'s dtype.
+    """
+    if x.shape[-1] != in_features:
+        raise ValueError(f"x has {x.shape[-1]} features in its last dimension, expected {in_features}")
+    flat = x.reshape(-1, in_features)
+    # The Triton kernel has no backward; activations that need a gradient (adapters training over a packed
+    # model) take the differentiable torch path.
+    needs_grad = torch.is_grad_enabled() and x.requires_grad
+    if select_ternary_backend(x, group_size) == "triton" and not needs_grad:
+        from .triton.ternary import ternary_matmul_triton
+
+        y = ternary_matmul_triton(flat, codes, scale, shift, group_size, code_packing)
+    else:
+        y = ternary_matmul_torch(flat, codes, scale, shift, in_features, group_size, code_packing)
+    return y.reshape(*x.shape[:-1], codes.shape[0])
+
+
+def ternary_matmul_torch(
+    x: torch.Tensor,
+    codes: torch.Tensor,
+    scale: torch.Tensor,
+    shift: torch.Tensor,
+    in_features: int,
+    group_size: int,
+    code_packing: str = "2bit",
+) -> torch.Tensor:
+    """Torch path of :func:`ternary_matmul` for 2-D ``x`` ``(M, K)``; returns ``(M, N)`` in ``x``'s dtype.
+
+    ``alpha`` is folded into the trits (``alpha * T`` is exact in any float dtype since ``T`` is -1, 0 or 1), so
+    the scale part is one matmul; the shift part is the group sums of ``x`` times ``gamma``, in float32.
+    """
+    out_features, groups = scale.shape
+    padding = groups * group_size - in_features
+    trits = unpack_ternary(codes, in_features, code_packing, dtype=x.dtype)
+    grouped = F.pad(trits, (0, padding)).view(out_features, groups, group_size)
+    scaled = (grouped * scale.to(x.dtype).unsqueeze(-1)).flatten(1)[:, :in_features]
+    y = x @ scaled.T
+    group_sums = F.pad(x, (0, padding)).view(x.shape[0], groups, group_size).float().sum(-1)  # (M, G)
+    return (y.float() + group_sums @ shift.float().T).to(x.dtype)

@@ -1,0 +1,100 @@
+"""The transformers ``HfQuantizer`` for ternary (DLT) models: lifecycle hooks only.
+
+* Float checkpoint + ``TernaryConfig``: decoder linears become latent :class:`TernaryLinear` skeletons on the meta
+  device; each float weight becomes latent weight + TWN-initialized per-group scale and shift the moment it is
+  read (:class:`TernaryInitialize`), so the float model never exists twice in memory.
+* Packed checkpoint (``config.json`` says ``quant_method: ternary``): linears become :class:`PackedTernaryLinear`
+  skeletons and the packed tensors fill them directly; no float weight is built.
+* ``save_pretrained``: latent weights are ternarized and packed on the way out, with the config's
+  ``code_packing``; inside :func:`optimum_binarymos.latent_saving` the latent weights are written instead.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+from transformers.core_model_loading import ConversionOps
+from transformers.quantizers import register_quantizer
+
+from .nn.ternary import PackedTernaryLinear, TernaryLinear, twn_init
+from .packing import TERNARY_FORMAT_VERSION, pack_ternary
+from .quantizer import PackingHfQuantizer
+from .ternary_config import TERNARY_QUANT_METHOD, TernaryConfig
+
+#: safetensors metadata key carrying the packed ternary layout version.
+TERNARY_FORMAT_METADATA_KEY = "ternary_format_version"
+
+
+class TernaryInitialize(ConversionOps):
+    """Turns a float checkpoint weight into the tensors of a latent ternary layer.
+
+    Input: ``{"<module>.weight": tensor}``. Output: ``<module>.weight`` (``(out, in)``; GPT-2 ``Conv1D`` weights
+    are transposed), ``<module>.weight_scale`` and ``<module>.weight_shift`` (``(out, ceil(in / group_size))``).
+    """
+
+    def __init__(self, hf_quantizer: TernaryHfQuantizer) -> None:
+        self.hf_quantizer = hf_quantizer
+
+    def convert(
+        self, input_dict: dict[str, Any], model: nn.Module | None = None, **kwargs
+    ) -> dict[str, torch.Tensor]:
+        config = self.hf_quantizer.quantization_config
+        result: dict[str, torch.Tensor] = {}
+        for key, value in input_dict.items():
+            weight = value[0] if isinstance(value, list) else value
+            prefix = key.removesuffix(".weight")
+            layer = model.get_submodule(prefix)
+            if getattr(layer, "source_is_conv1d", False):
+                weight = weight.t()
+            weight = weight.contiguous()
+            expected = (layer.out_features, layer.in_features)
+            if tuple(weight.shape) != expected:
+                raise ValueError(
+                    f"Checkpoint tensor {key} has shape {tuple(weight.shape)} but {prefix} expects {expected}"
+                )
+            scale, shift = twn_init(weight, config.group_size, config.init_threshold, config.shift_init)
+            result[key] = weight
+            result[f"{prefix}.weight_scale"] = scale.to(weight.dtype)
+            result[f"{prefix}.weight_shift"] = shift.to(weight.dtype)
+        return result
+
+
+@register_quantizer(TERNARY_QUANT_METHOD)
+class TernaryHfQuantizer(PackingHfQuantizer):
+    """Converts float checkpoints to ternary DLT models on load, loads packed ones, packs on save."""
+
+    quantization_config: TernaryConfig
+    method_name = "ternary"
+    latent_layer_type = TernaryLinear
+    packed_layer_type = PackedTernaryLinear
+    format_metadata_key = TERNARY_FORMAT_METADATA_KEY
+    format_version = TERNARY_FORMAT_VERSION
+
+    def get_quantize_ops(self) -> TernaryInitialize:
+        return TernaryInitialize(self)
+
+    def packed_state_dict(self, model: nn.Module) -> dict[str, torch.Tensor]:
+        return ternary_packed_state_dict(model, self.quantization_config.code_packing)
+
+    def describe_config(self) -> str:
+        config = self.quantization_config
+        return f"group_size={config.group_size}, code_packing={config.code_packing!r}"
+
+
+def ternary_packed_state_dict(model: nn.Module, code_packing: str) -> dict[str, torch.Tensor]:
+    """``model.state_dict()`` with every latent ``<module>.weight`` replaced by its packed ``uint8`` trits.
+
+    A model already packed with another code packing is re-packed, so the file always matches ``code_packing``.
+    """
+    state = model.state_dict()
+    for name, module in model.named_modules():
+        if isinstance(module, TernaryLinear):
+            trits = module.trits()
+        elif isinstance(module, PackedTernaryLinear) and module.code_packing != code_packing:
+            trits = module.trits()
+        else:
+            continue
+        state[f"{name}.weight"] = pack_ternary(trits, code_packing)
+    return state
