@@ -1,0 +1,434 @@
+"""Sharing: model cards, push_to_hub and loading by repo id against a Hub served on 127.0.0.1, and loading a
+BinaryMoS checkpoint in a Python process that never imports optimum_binarymos.
+
+huggingface_hub reads ``HF_ENDPOINT`` once, when it is first imported, and other modules copy the value at their
+own import; this pytest process imported transformers (and so huggingface_hub) long before any fixture runs. So
+every step that talks to the test Hub runs in a fresh ``python -c`` process whose environment sets
+``HF_ENDPOINT``, a dummy ``HF_TOKEN`` and a temporary ``HF_HOME`` before anything is imported; the server itself
+(``tests/hub_server.py``) runs in a thread of this process, so tests inspect what was uploaded directly.
+Fresh processes are also the only honest way to test what happens when nobody imports the package.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import re
+import subprocess
+import sys
+import sysconfig
+import textwrap
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import VOCAB, make_float_model
+from hub_server import FakeHub
+from tokenizers import Tokenizer, models, pre_tokenizers
+from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
+
+import _optimum_binarymos_autoload
+from optimum_binarymos import BinaryMoSConfig
+from optimum_binarymos.footprint import model_footprint
+from optimum_binarymos.hub import (
+    CARD_MARKER,
+    card_record,
+    record_base_model,
+    record_evaluation,
+    render_model_card,
+)
+
+FLOAT_REPO = "org/tiny-float"
+REPO = "user/tiny-binarymos"
+
+
+def front_matter(card: str) -> dict:
+    return yaml.safe_load(re.match(r"^---\n(.*?)\n---\n", card, flags=re.DOTALL).group(1))
+
+
+def python_blocks(card: str) -> list[str]:
+    return re.findall(r"```python\n(.*?)```", card, flags=re.DOTALL)
+
+
+def save_tiny_llama_with_tokenizer(folder: Path) -> None:
+    """A tiny float LLaMA, a word-level tokenizer covering the card's prompt, and a card with a license."""
+    words = "the capital of france is paris".split()
+    vocab = {"<unk>": 0, **{word: i + 1 for i, word in enumerate(words)}}
+    vocab.update({f"w{i}": i for i in range(len(vocab), VOCAB)})
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<unk>", eos_token="<unk>").save_pretrained(
+        folder
+    )
+    make_float_model("llama").save_pretrained(folder)
+    (folder / "README.md").write_text("---\nlicense: apache-2.0\n---\n# A tiny float model\n")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The card, in this process (no Hub involved).
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def binary_model(float_checkpoint):
+    return AutoModelForCausalLM.from_pretrained(
+        float_checkpoint("llama"), quantization_config=BinaryMoSConfig(num_experts=4)
+    )
+
+
+def test_card_has_hub_metadata_a_snippet_the_settings_sizes_and_evaluation(binary_model):
+    record_base_model(binary_model, FLOAT_REPO, license="apache-2.0")
+    record_evaluation(binary_model, {"wikitext2_ppl": 12.3456, "arc_easy_acc": 0.5})
+    card = render_model_card(binary_model, REPO, tags=["my-tag"])
+
+    metadata = front_matter(card)
+    assert metadata["library_name"] == "transformers"
+    assert metadata["pipeline_tag"] == "text-generation"
+    assert {"binarymos", "1-bit", "my-tag"} <= set(metadata["tags"])
+    assert metadata["base_model"] == FLOAT_REPO and metadata["base_model_relation"] == "quantized"
+    assert metadata["license"] == "apache-2.0"
+    assert CARD_MARKER in card
+    assert "pip install optimum-binarymos" in card
+    (snippet,) = python_blocks(card)
+    assert "import optimum_binarymos" in snippet and f'model_id = "{REPO}"' in snippet
+    compile(snippet, "snippet", "exec")
+    assert "| scaling experts (`num_experts`) | 4 |" in card
+    assert "14 linear layers in 2 decoder blocks" in card
+    footprint = model_footprint(binary_model)
+    assert "| whole model | " in card and f"{footprint.ratio:.2f}x" in card
+    assert f"| bits per binarized weight | 16 | {footprint.bits_per_binarized_weight:.3f} |" in card
+    assert "float32" in card  # the tiny model is float32: the card says what is really stored
+    assert "| wikitext2_ppl | 12.35 |" in card and "| arc_easy_acc | 0.5 |" in card
+
+
+def test_onebit_card_says_so_and_omits_empty_sections(float_checkpoint):
+    model = AutoModelForCausalLM.from_pretrained(
+        float_checkpoint("llama"), quantization_config=BinaryMoSConfig(num_experts=1)
+    )
+    card = render_model_card(model)
+    assert "OneBit" in card and "| scaling experts (`num_experts`) | 1 (OneBit) |" in card
+    assert "## Evaluation" not in card
+    assert "base_model" not in front_matter(card)  # converted from a local folder: origin unknown
+
+
+def test_save_pretrained_writes_the_card_but_keeps_a_hand_written_one(binary_model, tmp_path):
+    binary_model.save_pretrained(tmp_path)
+    assert CARD_MARKER in (tmp_path / "README.md").read_text()
+    (tmp_path / "README.md").write_text("# My own words\n")
+    binary_model.save_pretrained(tmp_path)
+    assert (tmp_path / "README.md").read_text() == "# My own words\n"
+
+
+def test_copies_of_a_model_write_their_own_card(binary_model, tmp_path):
+    twin = copy.deepcopy(binary_model)
+    assert twin.save_pretrained.model is twin and twin.push_to_hub.model is twin
+    twin.save_pretrained(tmp_path)
+    assert (tmp_path / "README.md").is_file()
+
+
+def test_conversion_from_the_hub_cache_records_base_model_and_license(tmp_path):
+    snapshot = tmp_path / "hub" / "models--org--tiny-float" / "snapshots" / ("0123456789abcdef" * 3)[:40]
+    make_float_model("llama").save_pretrained(snapshot)
+    (snapshot / "README.md").write_text("---\nlicense: other\nlicense_name: tiny-license\n---\n# Tiny\n")
+    model = AutoModelForCausalLM.from_pretrained(snapshot, quantization_config=BinaryMoSConfig())
+    assert card_record(model) == {
+        "base_model": FLOAT_REPO,
+        "license": "other",
+        "license_name": "tiny-license",
+    }
+    metadata = front_matter(render_model_card(model))
+    assert metadata["license"] == "other" and metadata["license_name"] == "tiny-license"
+
+
+def test_recorded_evaluation_survives_save_and_reload(binary_model, tmp_path):
+    assert record_evaluation(binary_model, {"c4_ppl": 20.5}) == {"c4_ppl": 20.5}
+    assert record_evaluation(binary_model, {"wikitext2_ppl": 15.0}) == {"c4_ppl": 20.5, "wikitext2_ppl": 15.0}
+    binary_model.save_pretrained(tmp_path)
+    again = AutoModelForCausalLM.from_pretrained(tmp_path)
+    assert card_record(again)["evaluation"] == {"c4_ppl": 20.5, "wikitext2_ppl": 15.0}
+    assert "| c4_ppl | 20.5 |" in render_model_card(again)
+
+
+@pytest.mark.parametrize("results", [{"ppl": [1.0]}, {"ppl": True}, {"": 1.0}])
+def test_evaluation_values_must_fit_in_config_json(binary_model, results):
+    with pytest.raises(ValueError, match="must be"):
+        record_evaluation(binary_model, results)
+
+
+def test_base_model_must_be_a_hub_id(binary_model):
+    with pytest.raises(ValueError, match="Hub repo id"):
+        record_base_model(binary_model, "/some/local/folder")
+
+
+def test_a_float_model_has_no_binarymos_card():
+    with pytest.raises(ValueError, match="not a BinaryMoS model"):
+        render_model_card(make_float_model("llama"))
+
+
+def test_the_startup_hook_knows_every_method_the_package_registers():
+    from transformers.quantizers.auto import AUTO_QUANTIZER_MAPPING
+
+    registered = {
+        name
+        for name, cls in AUTO_QUANTIZER_MAPPING.items()
+        if cls.__module__.startswith("optimum_binarymos.")
+    }
+    assert registered == set(_optimum_binarymos_autoload.QUANT_METHODS), (
+        "add every quant_method the package registers to QUANT_METHODS in src/_optimum_binarymos_autoload.py"
+    )
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Against the test Hub, in fresh Python processes.
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def hub():
+    server = FakeHub()
+    server.start()
+    yield server
+    server.stop()
+
+
+def hub_env(hub: FakeHub, home: Path, **extra_env: str) -> dict[str, str]:
+    """Environment of a fresh interpreter that talks to the test Hub."""
+    return {
+        **os.environ,
+        "HF_ENDPOINT": hub.endpoint,
+        "HF_TOKEN": "dummy",
+        "HF_HOME": str(home),
+        "HF_HUB_OFFLINE": "0",  # the test session sets 1 for everything else
+        "HF_HUB_DISABLE_TELEMETRY": "1",
+        # The test Hub shares two busy cores with the clients: allow slow answers rather than time out.
+        "HF_HUB_ETAG_TIMEOUT": "120",
+        "HF_HUB_DOWNLOAD_TIMEOUT": "120",
+        "TOKENIZERS_PARALLELISM": "false",
+        **extra_env,
+    }
+
+
+def start_python(code: str, env: dict[str, str], *args: str) -> subprocess.Popen:
+    """Start ``code`` (with ``sys.argv[1:] == args``) in a fresh interpreter; see :func:`last_json`."""
+    return subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(code), *args],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def finish(process: subprocess.Popen) -> subprocess.CompletedProcess:
+    stdout, stderr = process.communicate(timeout=300)
+    return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
+
+
+def last_json(result: subprocess.CompletedProcess) -> dict:
+    assert result.returncode == 0, result.stderr[-4000:]
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+PUSH_AND_RELOAD = """
+    import contextlib, io, json, re, sys
+    import torch
+    import optimum_binarymos
+    from huggingface_hub import HfApi, hf_hub_download, snapshot_download
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from optimum_binarymos import BinaryMoSConfig
+    from optimum_binarymos.hub import record_evaluation
+
+    float_dir, out_dir, float_repo, repo = sys.argv[1:5]
+    tokens = torch.randint(1, 96, (2, 9), generator=torch.Generator().manual_seed(0))
+    def logits(model):
+        with torch.no_grad():
+            return model(tokens).logits
+
+    # A float model published on the Hub, with a tokenizer and a card that states its license.
+    AutoModelForCausalLM.from_pretrained(float_dir).push_to_hub(float_repo)
+    tokenizer = AutoTokenizer.from_pretrained(float_dir)
+    tokenizer.push_to_hub(float_repo)
+    HfApi().upload_file(path_or_fileobj=f"{float_dir}/README.md", path_in_repo="README.md", repo_id=float_repo)
+
+    # Converted from its Hub id, evaluated, pushed with its tokenizer.
+    model = AutoModelForCausalLM.from_pretrained(float_repo, quantization_config=BinaryMoSConfig(num_experts=4))
+    record_evaluation(model, {"wikitext2_ppl": 42.5})
+    first = model.push_to_hub(repo)
+    tokenizer.push_to_hub(repo)
+    first_logits = logits(model)
+
+    reloaded = AutoModelForCausalLM.from_pretrained(repo)
+    folder = snapshot_download(repo)
+    from_folder = AutoModelForCausalLM.from_pretrained(folder)
+
+    # The card's own snippet runs as written.
+    card = open(hf_hub_download(repo, "README.md")).read()
+    snippet = re.findall(r"```python\\n(.*?)```", card, flags=re.DOTALL)[0]
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        exec(snippet, {})
+
+    # A second push of a changed model to the same repo; the first stays reachable by its commit id.
+    with torch.no_grad():
+        model.model.layers[0].mlp.down_proj.scale_out.mul_(2.0)
+    second = model.push_to_hub(repo, commit_message="Scale fix")
+    second_logits = logits(model)
+    at_first = AutoModelForCausalLM.from_pretrained(repo, revision=first.oid)
+    at_main = AutoModelForCausalLM.from_pretrained(repo)
+    torch.save({"tokens": tokens, "logits": second_logits}, f"{out_dir}/expected.pt")
+
+    # A hand-written card on the Hub is kept; the push only adds the tags.
+    HfApi().create_repo("user/hand-written")
+    HfApi().upload_file(path_or_fileobj=b"---\\nlicense: mit\\n---\\n# Mine\\n", path_in_repo="README.md",
+                        repo_id="user/hand-written")
+    model.push_to_hub("user/hand-written")
+
+    # save_pretrained(push_to_hub=True) and a push to another branch upload the card too.
+    model.save_pretrained(f"{out_dir}/via-save", push_to_hub=True, repo_id="user/via-save")
+    with torch.no_grad():
+        model.model.layers[1].mlp.up_proj.scale_in.mul_(0.5)
+    model.push_to_hub(repo, revision="dev", commit_message="On a branch")
+
+    close = lambda a, b: bool(torch.allclose(a, b, atol=1e-5, rtol=1e-5))
+    print(json.dumps({
+        "first": first.oid,
+        "second": second.oid,
+        "layer": type(reloaded.model.layers[0].mlp.down_proj).__name__,
+        "reloaded_equal": close(logits(reloaded), first_logits),
+        "folder_equal": close(logits(from_folder), first_logits),
+        "snippet_printed": printed.getvalue().strip() != "",
+        "changed": not close(first_logits, second_logits),
+        "first_revision_equal": close(logits(at_first), first_logits),
+        "main_equal": close(logits(at_main), second_logits),
+    }))
+"""
+
+
+@pytest.fixture(scope="module")
+def pushed(hub, tmp_path_factory):
+    """Run the whole publishing story once; tests below check its parts."""
+    work = tmp_path_factory.mktemp("push")
+    save_tiny_llama_with_tokenizer(work / "float")
+    args = (str(work / "float"), str(work), FLOAT_REPO, REPO)
+    result = last_json(finish(start_python(PUSH_AND_RELOAD, hub_env(hub, work / "hf-home"), *args)))
+    return {"work": work, **result}
+
+
+def test_push_uploads_packed_weights_config_and_card(hub, pushed):
+    first = hub.repos[REPO].commits[pushed["first"]]
+    assert {"config.json", "model.safetensors", "README.md"} <= set(first)
+    config = json.loads(first["config.json"])
+    assert config["quantization_config"]["quant_method"] == "binarymos"
+    assert config["binarymos_model_card"]["base_model"] == FLOAT_REPO
+    assert b"U8" in first["model.safetensors"][:20000]  # packed signs are uint8 in the safetensors header
+    assert not hub.unknown_requests
+
+
+def test_pushed_card_names_the_base_model_its_license_and_the_evaluation(hub, pushed):
+    card = hub.files(REPO)["README.md"].decode()
+    metadata = front_matter(card)
+    assert metadata["base_model"] == FLOAT_REPO and metadata["base_model_relation"] == "quantized"
+    assert metadata["license"] == "apache-2.0"  # read from the float model's card on the Hub at push time
+    assert metadata["library_name"] == "transformers" and {"binarymos", "1-bit"} <= set(metadata["tags"])
+    assert f'model_id = "{REPO}"' in card and "| wikitext2_ppl | 42.5 |" in card
+    assert pushed["snippet_printed"]
+
+
+def test_loading_by_repo_id_equals_the_pushed_model(pushed):
+    assert pushed["layer"] == "PackedBinaryMoSLinear"
+    assert pushed["reloaded_equal"] and pushed["folder_equal"]
+
+
+def test_second_push_to_the_same_repo_keeps_history(hub, pushed):
+    history = hub.history(REPO)
+    assert history.index(pushed["first"]) < history.index(pushed["second"])
+    assert hub.repos[REPO].refs["main"] == pushed["second"]
+    assert hub.repos[REPO].messages[pushed["second"]] == "Scale fix"
+    first, second = hub.repos[REPO].commits[pushed["first"]], hub.files(REPO)
+    assert first["model.safetensors"] != second["model.safetensors"]
+    assert CARD_MARKER in second["README.md"].decode() and "tokenizer.json" in second
+    assert pushed["changed"] and pushed["first_revision_equal"] and pushed["main_equal"]
+
+
+def test_save_pretrained_with_push_and_a_push_to_a_branch_upload_the_card(hub, pushed):
+    via_save = hub.files("user/via-save")
+    assert {"model.safetensors", "config.json"} <= set(via_save)
+    assert 'model_id = "user/via-save"' in via_save["README.md"].decode()
+    dev = hub.repos[REPO].refs["dev"]
+    assert hub.repos[REPO].messages[dev] == "On a branch" and dev != hub.repos[REPO].refs["main"]
+    assert CARD_MARKER in hub.files(REPO, "dev")["README.md"].decode()
+
+
+def test_push_keeps_a_hand_written_card_and_adds_the_tags(hub, pushed):
+    card = hub.files("user/hand-written")["README.md"].decode()
+    assert "# Mine" in card and CARD_MARKER not in card
+    metadata = front_matter(card)
+    assert metadata["license"] == "mit" and "binarymos" in metadata["tags"]
+
+
+NO_IMPORT = """
+    import json, sys
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    expected = torch.load(sys.argv[1])
+    imported_before = "optimum_binarymos" in sys.modules
+    try:
+        model = AutoModelForCausalLM.from_pretrained(sys.argv[2])
+    except Exception as error:
+        print(json.dumps({"error": type(error).__name__, "message": str(error), "imported_before": imported_before,
+                          "imported_after": "optimum_binarymos" in sys.modules}))
+        raise SystemExit(0)
+    with torch.no_grad():
+        logits = model(expected["tokens"]).logits
+    print(json.dumps({
+        "imported_before": imported_before,
+        "layer": type(model.model.layers[0].mlp.down_proj).__name__,
+        "equal": bool(torch.allclose(logits, expected["logits"], atol=1e-5, rtol=1e-5)),
+    }))
+"""
+
+
+@pytest.fixture(scope="module")
+def no_import(hub, pushed):
+    """Load the pushed repo in two fresh processes that never import optimum_binarymos, run side by side: one
+    as installed (the start-up hook active), one with OPTIMUM_BINARYMOS_AUTOLOAD=0, which leaves transformers
+    exactly as if the package were not installed."""
+    work = pushed["work"]
+    args = (str(work / "expected.pt"), REPO)
+    running = {
+        "installed": start_python(NO_IMPORT, hub_env(hub, work / "home-installed"), *args),
+        "disabled": start_python(
+            NO_IMPORT, hub_env(hub, work / "home-disabled", OPTIMUM_BINARYMOS_AUTOLOAD="0"), *args
+        ),
+    }
+    results = {name: finish(process) for name, process in running.items()}
+    return {name: (last_json(result), result.stderr) for name, result in results.items()}
+
+
+def test_without_import_the_installed_hook_loads_the_checkpoint_correctly(no_import):
+    pth = Path(sysconfig.get_paths()["purelib"], "optimum_binarymos_autoload.pth")
+    assert pth.is_file(), (
+        f"{pth} is missing: install the package (pip install -e .) so that its hook is installed"
+    )
+    outcome, stderr = no_import["installed"]
+    expected = {"imported_before": False, "layer": "PackedBinaryMoSLinear", "equal": True}
+    assert outcome == expected, stderr[-3000:]
+
+
+def test_without_the_package_loading_fails_loudly(no_import):
+    outcome, stderr = no_import["disabled"]
+    assert outcome["error"] == "RuntimeError" and not outcome["imported_after"]
+    assert "Unknown quantization type, got binarymos" in stderr
+    assert "MISMATCH" in stderr and "mlp.down_proj.weight" in stderr
+
+
+def test_the_readable_copy_of_the_card_template_is_current():
+    shipped = (
+        Path(__file__).resolve().parents[1] / "src" / "optimum_binarymos" / "templates" / "model_card.md"
+    )
+    copy_for_reading = Path(__file__).resolve().parents[1] / "model_cards" / "model_card.md"
+    assert copy_for_reading.read_text() == shipped.read_text(), (
+        "cp src/optimum_binarymos/templates/model_card.md model_cards/"
+    )
