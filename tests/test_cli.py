@@ -1,0 +1,96 @@
+"""The command line, in-process (``main([...])``) and as ``python -m`` / ``optimum-cli`` processes."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+
+import pytest
+from test_readme import save_tiny_model_with_tokenizer
+from transformers import AutoModelForCausalLM
+
+from optimum_binarymos import BinaryMoSLinear, PackedBinaryMoSLinear
+from optimum_binarymos.cli import main
+
+
+@pytest.fixture(scope="module")
+def tiny_folder(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("tiny")
+    save_tiny_model_with_tokenizer(folder)
+    return folder
+
+
+def test_quantize_writes_packed_or_latent_models(tiny_folder, tmp_path, capsys):
+    assert main(["quantize", str(tiny_folder), str(tmp_path / "packed"), "--num-experts", "2"]) == 0
+    packed = AutoModelForCausalLM.from_pretrained(tmp_path / "packed")
+    assert any(isinstance(m, PackedBinaryMoSLinear) for m in packed.modules())
+    assert (tmp_path / "packed" / "tokenizer.json").is_file()
+    assert (tmp_path / "packed" / "README.md").is_file()
+
+    assert main(["quantize", str(tiny_folder), str(tmp_path / "latent"), "--form", "latent"]) == 0
+    latent = AutoModelForCausalLM.from_pretrained(tmp_path / "latent")
+    assert any(isinstance(m, BinaryMoSLinear) for m in latent.modules())
+    assert "saved latent BinaryMoS model" in capsys.readouterr().out
+
+
+def test_footprint_card_and_evaluate(tiny_folder, tmp_path, capsys):
+    assert main(["quantize", str(tiny_folder), str(tmp_path / "packed")]) == 0
+    assert main(["footprint", str(tiny_folder), "--num-experts", "1"]) == 0
+    assert "x smaller" in capsys.readouterr().out
+
+    assert (
+        main(["card", str(tmp_path / "packed"), "--model-id", "me/tiny", "--output", str(tmp_path / "c.md")])
+        == 0
+    )
+    card = (tmp_path / "c.md").read_text()
+    assert "binarymos" in card and "me/tiny" in card
+
+    text = tmp_path / "eval.txt"
+    text.write_text(" ".join(["the capital of france is paris"] * 60))
+    results = tmp_path / "results.json"
+    args = [
+        "evaluate",
+        str(tmp_path / "packed"),
+        "--text",
+        str(text),
+        "--seq-len",
+        "16",
+        "--output",
+        str(results),
+    ]
+    assert main(args) == 0
+    assert json.loads(results.read_text())["perplexity"] > 1
+    assert "perplexity" in capsys.readouterr().out
+
+
+def test_bad_input_exits_non_zero_with_a_clear_message(tiny_folder, tmp_path, capsys):
+    assert main(["quantize", str(tiny_folder), str(tmp_path / "x"), "--num-experts", "0"]) == 2
+    assert "num_experts must be an integer >= 1" in capsys.readouterr().err
+    assert main(["footprint", str(tmp_path / "does-not-exist")]) == 2
+    assert "cannot read a model config" in capsys.readouterr().err
+    assert main(["evaluate", str(tiny_folder)]) == 2
+    assert "nothing to evaluate" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:
+        main(["no-such-command"])
+    assert exit_info.value.code == 2
+
+
+def test_python_dash_m_help_lists_every_command():
+    result = subprocess.run(
+        [sys.executable, "-m", "optimum_binarymos", "--help"], capture_output=True, text=True, check=True
+    )
+    for command in ("quantize", "distill", "evaluate", "footprint", "card", "push"):
+        assert command in result.stdout
+
+
+@pytest.mark.skipif(importlib.util.find_spec("optimum") is None, reason="optimum is not installed")
+def test_optimum_cli_has_the_binarymos_namespace():
+    code = "from optimum.commands.optimum_cli import main; main()"
+    result = subprocess.run(
+        [sys.executable, "-c", code, "binarymos", "--help"], capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr
+    for command in ("quantize", "distill", "evaluate", "footprint", "card", "push"):
+        assert command in result.stdout
