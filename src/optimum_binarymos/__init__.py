@@ -1,28 +1,56 @@
-"""optimum-binarymos: 1-bit BinaryMoS quantization for Hugging Face causal language models.
+"""optimum-binarymos: 1-bit BinaryMoS (and 1.58-bit ternary) quantization for Hugging Face causal LMs.
 
-Importing the package registers the ``"binarymos"`` quantization method with transformers, so that
-``AutoModelForCausalLM.from_pretrained(..., quantization_config=BinaryMoSConfig())`` converts a float checkpoint
-and ``from_pretrained`` of a saved BinaryMoS folder loads the packed model.
+Importing the package registers the ``"binarymos"`` and ``"binarymos_ternary"`` quantization methods with
+transformers, so that ``AutoModelForCausalLM.from_pretrained(..., quantization_config=BinaryMoSConfig())``
+converts a float checkpoint and ``from_pretrained`` of a saved folder loads the packed model.
 """
 
 from .config import BinaryMoSConfig
 from .convert import convert_model, modules_to_convert, pack_model
-from .nn import BinaryMoSLinear, PackedBinaryMoSLinear
-from .packing import FORMAT_VERSION, pack_signs, unpack_signs
+from .footprint import Footprint, estimate_footprint, model_footprint
+from .hub import record_base_model, record_evaluation, render_model_card
+from .integrations import register_peft
+from .nn import BinaryMoSLinear, PackedBinaryMoSLinear, PackedTernaryLinear, TernaryLinear
+from .packing import (
+    FORMAT_VERSION,
+    TERNARY_FORMAT_VERSION,
+    pack_signs,
+    pack_ternary,
+    unpack_signs,
+    unpack_ternary,
+)
 from .quantizer import BinaryMoSHfQuantizer, latent_saving
+from .ternary_config import TernaryConfig
+from .ternary_quantizer import TernaryHfQuantizer
 
 __version__ = "0.1.0"
 
+# LoRA on BinaryMoS/ternary layers once peft is imported; peft itself is not imported here.
+register_peft()
+
 __all__ = [
     "FORMAT_VERSION",
+    "TERNARY_FORMAT_VERSION",
     "BinaryMoSConfig",
     "BinaryMoSHfQuantizer",
     "BinaryMoSLinear",
+    "Footprint",
     "PackedBinaryMoSLinear",
+    "PackedTernaryLinear",
+    "TernaryConfig",
+    "TernaryHfQuantizer",
+    "TernaryLinear",
     "convert_model",
+    "estimate_footprint",
     "latent_saving",
+    "model_footprint",
     "modules_to_convert",
     "pack_model",
     "pack_signs",
+    "pack_ternary",
+    "record_base_model",
+    "record_evaluation",
+    "render_model_card",
     "unpack_signs",
+    "unpack_ternary",
 ]
