@@ -201,3 +201,20 @@ class PackedBinaryMoSLinear(_MixtureOfScalesMixin):
 
     def signs(self, dtype: torch.dtype) -> torch.Tensor:
         return unpack_signs(self.weight, self.in_features, dtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``(..., in)`` -> ``(..., out)`` with the packed kernels of :mod:`optimum_binarymos.kernels` (Triton on
+        CUDA, native C or torch on CPU; ``BINARYMOS_BACKEND`` forces one), which never unpack a whole weight.
+
+        The kernels have no backward, so when autograd has to flow through the layer (adapters trained on top,
+        or scales left trainable) the differentiable reference path runs instead.
+        """
+        if torch.is_grad_enabled() and (
+            x.requires_grad or any(param.requires_grad for param in self.parameters(recurse=False))
+        ):
+            return super().forward(x)
+        from ..kernels import binarymos_linear
+
+        return binarymos_linear(
+            x, self.weight, self.in_features, self.scale_in, self.scale_out, self.router_gates(x), self.bias
+        )

@@ -1,0 +1,237 @@
+"""Triton kernels of the packed BinaryMoS linear against ``F.linear`` on a GPU, by number of tokens.
+
+For each weight shape, activation dtype and number of tokens ``M``, times with ``triton.testing.do_bench``
+(median of its repetitions, CUDA events, L2 flushed between calls):
+
+* ``dense``: ``F.linear(x, W)`` with a dense ``(N, K)`` weight in the activations' dtype;
+* ``packed``: :func:`optimum_binarymos.kernels.binarymos_linear` on the Triton backend, router gates given
+  (the kernel alone), with the strategy the dispatcher picks; ``--strategies`` adds each strategy forced;
+* ``layer``: a whole ``PackedBinaryMoSLinear`` forward, router included.
+
+It reports the speedup over dense and the achieved bandwidth (bytes of weights, activations, scales and
+outputs read or written once, over the time) as a fraction of the device's peak (from its memory clock and bus
+width, or ``--peak-gbps``). Results go to a markdown table and a CSV; ``docs/plot_speedup.py`` plots the CSV.
+
+Run from the repository root on a CUDA machine::
+
+    python benchmarks/gpu_kernels.py --output-dir benchmarks/results
+    python docs/plot_speedup.py benchmarks/results/gpu_kernels-<device>.csv
+
+``--device cpu`` runs a smoke test under ``TRITON_INTERPRET=1`` (small shapes, wall-clock timing).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import datetime
+import os
+import re
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from optimum_binarymos import PackedBinaryMoSLinear
+from optimum_binarymos.kernels import binarymos_linear
+from optimum_binarymos.kernels.dispatch import BACKEND_VARIABLE
+
+TOKENS = [1, 2, 4, 8, 16, 32, 64, 128, 256, 1024]
+#: (in_features K, out_features N) of LLaMA-2-7B's linears: attention, MLP up/gate, MLP down.
+SHAPES = [(4096, 4096), (4096, 11008), (11008, 4096)]
+DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16}
+CSV_FIELDS = [
+    "device",
+    "dtype",
+    "K",
+    "N",
+    "M",
+    "experts",
+    "variant",
+    "ms",
+    "dense_ms",
+    "speedup",
+    "gbps",
+    "peak_fraction",
+]
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--tokens", type=int, nargs="+", default=TOKENS, help="values of M")
+    parser.add_argument(
+        "--shapes", nargs="+", default=[f"{k}x{n}" for k, n in SHAPES], help="KxN pairs (in x out features)"
+    )
+    parser.add_argument("--dtypes", nargs="+", choices=sorted(DTYPES), default=["float16", "bfloat16"])
+    parser.add_argument("--num-experts", type=int, default=4)
+    parser.add_argument(
+        "--strategies", action="store_true", help="also time the GEMV and GEMM kernels forced"
+    )
+    parser.add_argument("--peak-gbps", type=float, default=None, help="peak memory bandwidth, GB/s")
+    parser.add_argument("--device", default="cuda")
+    parser.add_argument(
+        "--output-dir", type=Path, default=None, help="write gpu_kernels-<device>.md and .csv here"
+    )
+    return parser.parse_args(argv)
+
+
+def peak_bandwidth_gbps(device: torch.device, override: float | None) -> float | None:
+    """Peak DRAM bandwidth in GB/s: ``--peak-gbps``, else 2 (double data rate) x memory clock x bus width."""
+    if override is not None:
+        return override
+    if device.type != "cuda":
+        return None
+    props = torch.cuda.get_device_properties(device)
+    clock_khz = getattr(props, "memory_clock_rate", 0)
+    bus_bits = getattr(props, "memory_bus_width", 0)
+    if not clock_khz or not bus_bits:
+        return None
+    return 2 * clock_khz * 1e3 * bus_bits / 8 / 1e9
+
+
+def timer(device: torch.device) -> Callable[[Callable[[], object]], float]:
+    """Milliseconds per call: ``do_bench`` (median) on CUDA, a wall-clock median elsewhere (smoke runs)."""
+    if device.type == "cuda":
+        from triton.testing import do_bench
+
+        return lambda function: do_bench(function, return_mode="median")
+
+    def wall_clock(function: Callable[[], object]) -> float:
+        function()
+        samples = []
+        for _ in range(3):
+            start = time.perf_counter()
+            function()
+            samples.append(time.perf_counter() - start)
+        return statistics.median(samples) * 1e3
+
+    return wall_clock
+
+
+@torch.no_grad()
+def packed_layer(
+    k: int, n: int, experts: int, dtype: torch.dtype, device: torch.device
+) -> PackedBinaryMoSLinear:
+    layer = PackedBinaryMoSLinear(k, n, experts, bias=False, dtype=dtype, device=device)
+    layer.weight.copy_(torch.randint(0, 256, layer.weight.shape, dtype=torch.uint8, device=device))
+    layer.scale_in.uniform_(0.5, 1.5)
+    layer.scale_out.uniform_(0.005, 0.015)
+    return layer.requires_grad_(False)
+
+
+def moved_bytes(m: int, k: int, n: int, experts: int, element: int, packed: bool) -> int:
+    """Bytes a kernel must move at least once: weights, activations in, outputs out, and (packed) the
+    tables."""
+    weights = n * -(-k // 8) if packed else n * k * element
+    tables = experts * (k + n) * element + m * experts * 4 if packed else 0
+    return weights + m * k * element + m * n * element + tables
+
+
+def calls(
+    x: torch.Tensor, layer: PackedBinaryMoSLinear, dense_weight: torch.Tensor, strategies: bool
+) -> dict[str, Callable[[], object]]:
+    """The variants timed for activations ``x``: dense, the packed kernel (gates given), the whole layer."""
+    from optimum_binarymos.kernels.triton import linear as triton_linear
+
+    gates = layer.router_gates(x)
+    operands = (layer.weight, layer.in_features, layer.scale_in, layer.scale_out, gates)
+    variants: dict[str, Callable[[], object]] = {
+        "dense": lambda: F.linear(x, dense_weight),
+        "packed": lambda: binarymos_linear(x, *operands),
+        "layer": lambda: layer(x),
+    }
+    if strategies:
+        for strategy in ("gemv", "gemm"):
+            variants[f"packed {strategy}"] = lambda strategy=strategy: triton_linear.packed_linear(
+                x, *operands, None, strategy=strategy
+            )
+    return variants
+
+
+@torch.no_grad()
+def measure(args: argparse.Namespace) -> list[dict]:
+    device = torch.device(args.device)
+    bench = timer(device)
+    peak = peak_bandwidth_gbps(device, args.peak_gbps)
+    device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu (Triton interpreter)"
+    records = []
+    for shape in args.shapes:
+        k, n = (int(part) for part in shape.lower().split("x"))
+        for dtype_name in args.dtypes:
+            dtype = DTYPES[dtype_name]
+            dense_weight = torch.randn(n, k, dtype=dtype, device=device) * 0.02
+            layer = packed_layer(k, n, args.num_experts, dtype, device)
+            for m in args.tokens:
+                x = torch.randn(m, k, dtype=dtype, device=device)
+                variants = calls(x, layer, dense_weight, args.strategies)
+                timings = {name: bench(function) for name, function in variants.items()}
+                for name, ms in timings.items():
+                    size = moved_bytes(m, k, n, args.num_experts, x.element_size(), packed=name != "dense")
+                    gbps = size / (ms * 1e-3) / 1e9
+                    records.append(
+                        {
+                            "device": device_name,
+                            "dtype": dtype_name,
+                            "K": k,
+                            "N": n,
+                            "M": m,
+                            "experts": args.num_experts,
+                            "variant": name,
+                            "ms": round(ms, 5),
+                            "dense_ms": round(timings["dense"], 5),
+                            "speedup": round(timings["dense"] / ms, 3),
+                            "gbps": round(gbps, 1),
+                            "peak_fraction": round(gbps / peak, 3) if peak else "",
+                        }
+                    )
+                    print(records[-1], flush=True)
+    return records
+
+
+def render(args: argparse.Namespace, records: list[dict], peak: float | None) -> str:
+    device = records[0]["device"] if records else args.device
+    header = ["K x N", "dtype", "M", "variant", "ms", "speedup vs F.linear", "GB/s", "of peak"]
+    lines = [
+        f"### Packed BinaryMoS Triton kernels vs `F.linear` on {device}, {args.num_experts} experts",
+        "",
+        f"Peak bandwidth used: {f'{peak:.0f} GB/s' if peak else 'unknown'}; torch {torch.__version__}; "
+        f"{datetime.date.today().isoformat()}; `do_bench` medians.",
+        "",
+        "| " + " | ".join(header) + " |",
+        "|" + "|".join("---" for _ in header) + "|",
+    ]
+    for r in records:
+        fraction = f"{r['peak_fraction']:.0%}" if r["peak_fraction"] != "" else "-"
+        lines.append(
+            f"| {r['K']} x {r['N']} | {r['dtype']} | {r['M']} | {r['variant']} | {r['ms']:.4f} | "
+            f"{r['speedup']:.2f}x | {r['gbps']:.0f} | {fraction} |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("no CUDA device: run on a GPU machine (or --device cpu under TRITON_INTERPRET=1)")
+    os.environ[BACKEND_VARIABLE] = "triton"
+    records = measure(args)
+    report = render(args, records, peak_bandwidth_gbps(device, args.peak_gbps))
+    print(report)
+    if args.output_dir is not None:
+        args.output_dir.mkdir(parents=True, exist_ok=True)
+        slug = re.sub(r"[^a-z0-9]+", "-", records[0]["device"].lower()).strip("-") if records else "none"
+        (args.output_dir / f"gpu_kernels-{slug}.md").write_text(report + "\n")
+        with open(args.output_dir / f"gpu_kernels-{slug}.csv", "w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=CSV_FIELDS)
+            writer.writeheader()
+            writer.writerows(records)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,218 @@
+/*
+ * Native CPU kernels for packed BinaryMoS linear layers, compiled on first use by build.py.
+ *
+ * Packed signs follow optimum_binarymos/packing.py (format version 1): a uint8 matrix (N, ceil(K / 8)) with
+ * row stride ldw; bit j (least significant first) of byte b in row n is the sign of column 8 * b + j,
+ * 1 meaning +1 and 0 meaning -1. Padding bits past column K are never used.
+ *
+ * bmos_linear_f32 computes, for M rows of float32 activations,
+ *
+ *     s_in  = g @ S_in,  s_out = g @ S_out      (row 0 of the tables when there is no router)
+ *     y     = ((x * s_in) @ sign(W)^T) * s_out + bias
+ *
+ * without ever expanding sign(W) to floats. With xs = x * s_in,
+ *
+ *     sum_k xs[k] * sign(W)[n, k] = 2 * sum_{k : bit set} xs[k] - sum_k xs[k],
+ *
+ * so with AVX2 the inner loop is a masked sum: one variable shift moves each bit onto its lane's sign bit,
+ * one blend selects the input or zero, one add accumulates, per 8 weights; the mask of a byte is shared by
+ * every row of the tile of activations. (A table of the 256 sign patterns with one FMA per 8 weights
+ * measured a little slower.) Weights stay at 1 bit in memory: a 4096 x 4096 matrix is 2 MiB and stays in
+ * cache, where a dense float32 GEMV streams 64 MiB from memory.
+ * One consequence of the masked sum: an infinite activation gives NaN (inf - inf) where a dense product
+ * gives inf.
+ *
+ * Without AVX2 (or with -DBINARYMOS_PORTABLE) a plain C loop multiplies by rows of that sign table, which
+ * compilers vectorize for any instruction set.
+ */
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#if defined(__AVX2__) && !defined(BINARYMOS_PORTABLE)
+#include <immintrin.h>
+#define BMOS_AVX2 1
+#else
+#define BMOS_AVX2 0
+#endif
+
+#define ABI_VERSION 1
+/* Rows of activations that share one decoded byte of weights. */
+#define MAX_TILE 8
+/* Output rows per unit of parallel work; small enough to balance two to a few dozen threads. */
+#define ROWS_PER_TASK 16
+/* Below this many weight bits times activation rows, a parallel region costs more than it saves. */
+#define PARALLEL_MIN_WORK (1 << 18)
+
+#define ALWAYS_INLINE static inline __attribute__((always_inline))
+
+/* SIGNS[byte][j] = +1 or -1: the decoded signs of one packed byte (filled when the library loads). */
+static float SIGNS[256][8] __attribute__((aligned(32)));
+
+__attribute__((constructor)) static void fill_sign_table(void) {
+    for (int byte = 0; byte < 256; byte++)
+        for (int j = 0; j < 8; j++) SIGNS[byte][j] = ((byte >> j) & 1) ? 1.0f : -1.0f;
+}
+
+int bmos_abi_version(void) { return ABI_VERSION; }
+
+/* 1 when the AVX2 inner loop was compiled in, 0 for the portable loop. */
+int bmos_simd_path(void) { return BMOS_AVX2; }
+
+#if BMOS_AVX2
+/*
+ * out[m] = sum_k xs[m * ld + k] * sign(w)[k] = 2 * (masked sum) - totals[m], for mt rows of activations
+ * (mt is a constant after inlining, so the accumulators live in registers).
+ */
+ALWAYS_INLINE void signed_sums(const float* xs, int64_t ld, const int mt, const uint8_t* w, int64_t kb,
+                               const float* totals, float* out) {
+    /* A single row has one dependency chain per byte of a 32-bit word to hide the add latency. */
+    const int chains = mt == 1 ? 4 : (mt == 2 ? 2 : 1);
+    const __m256i lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    __m256i to_sign_bit[4];
+    for (int i = 0; i < 4; i++) to_sign_bit[i] = _mm256_sub_epi32(_mm256_set1_epi32(31 - 8 * i), lanes);
+    const __m256 zero = _mm256_setzero_ps();
+    __m256 acc[MAX_TILE][4];
+    for (int m = 0; m < mt; m++)
+        for (int c = 0; c < chains; c++) acc[m][c] = zero;
+
+    int64_t b = 0;
+    for (; b + 4 <= kb; b += 4) {
+        uint32_t word;
+        memcpy(&word, w + b, 4); /* little-endian: byte b + i is bits 8i .. 8i + 7 */
+        const __m256i bits = _mm256_set1_epi32((int)word);
+        for (int i = 0; i < 4; i++) {
+            const __m256 mask = _mm256_castsi256_ps(_mm256_sllv_epi32(bits, to_sign_bit[i]));
+            for (int m = 0; m < mt; m++) {
+                const __m256 x = _mm256_loadu_ps(xs + m * ld + (b + i) * 8);
+                acc[m][i % chains] = _mm256_add_ps(acc[m][i % chains], _mm256_blendv_ps(zero, x, mask));
+            }
+        }
+    }
+    for (; b < kb; b++) {
+        const __m256 mask = _mm256_castsi256_ps(_mm256_sllv_epi32(_mm256_set1_epi32(w[b]), to_sign_bit[0]));
+        for (int m = 0; m < mt; m++) {
+            const __m256 x = _mm256_loadu_ps(xs + m * ld + b * 8);
+            acc[m][0] = _mm256_add_ps(acc[m][0], _mm256_blendv_ps(zero, x, mask));
+        }
+    }
+    for (int m = 0; m < mt; m++) {
+        __m256 a = acc[m][0];
+        for (int c = 1; c < chains; c++) a = _mm256_add_ps(a, acc[m][c]);
+        __m128 s = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
+        s = _mm_hadd_ps(s, s);
+        s = _mm_hadd_ps(s, s);
+        out[m] = 2.0f * _mm_cvtss_f32(s) - totals[m];
+    }
+}
+#else
+/* out[m] = sum_k xs[m * ld + k] * sign(w)[k]; written so that compilers vectorize the 8 lanes of a byte. */
+ALWAYS_INLINE void signed_sums(const float* xs, int64_t ld, const int mt, const uint8_t* w, int64_t kb,
+                               const float* totals, float* out) {
+    (void)totals;
+    float acc[MAX_TILE][8];
+    for (int m = 0; m < mt; m++)
+        for (int j = 0; j < 8; j++) acc[m][j] = 0.0f;
+    for (int64_t b = 0; b < kb; b++) {
+        const float* sign = SIGNS[w[b]];
+        for (int m = 0; m < mt; m++) {
+            const float* x = xs + m * ld + b * 8;
+            for (int j = 0; j < 8; j++) acc[m][j] += x[j] * sign[j];
+        }
+    }
+    for (int m = 0; m < mt; m++) {
+        float s = 0.0f;
+        for (int j = 0; j < 8; j++) s += acc[m][j];
+        out[m] = s;
+    }
+}
+#endif
+
+/* Mixed scale at position i: sum_e g[e] * table[e * stride + i]; table[i] without gates; 1 without table. */
+ALWAYS_INLINE float mixed_scale(const float* g, int64_t e_count, const float* table, int64_t stride,
+                                int64_t i) {
+    if (table == NULL) return 1.0f;
+    if (g == NULL) return table[i];
+    float s = 0.0f;
+    for (int64_t e = 0; e < e_count; e++) s += g[e] * table[e * stride + i];
+    return s;
+}
+
+/*
+ * y (M, N), row stride ldy, float32 = ((x * s_in) @ sign(W)^T) * s_out + bias.
+ *   x (M, K) row stride ldx; gates (M, E) contiguous or NULL (then row 0 of the tables is used);
+ *   scale_in (E, K), scale_out (E, N) contiguous, or NULL for a scale of 1; bias (N) or NULL;
+ *   packed (N, ceil(K / 8)) row stride ldw.
+ * Returns 0, or -1 when scratch memory cannot be allocated.
+ */
+int bmos_linear_f32(const float* x, int64_t M, int64_t K, int64_t ldx, const float* gates, int64_t E,
+                    const float* scale_in, const float* scale_out, const float* bias, const uint8_t* packed,
+                    int64_t N, int64_t ldw, float* y, int64_t ldy, int num_threads) {
+    if (M == 0 || N == 0) return 0;
+    const int64_t kb = (K + 7) / 8;
+    const int64_t ld = kb * 8; /* scaled activations are zero-padded to whole bytes of weights */
+    float* xs = (float*)malloc((size_t)(M * ld + M) * sizeof(float));
+    if (xs == NULL) return -1;
+    float* totals = xs + M * ld;
+    const int parallel = num_threads > 1 && M * N * K >= PARALLEL_MIN_WORK;
+
+#pragma omp parallel for num_threads(num_threads) schedule(static) if (parallel && M > 1)
+    for (int64_t m = 0; m < M; m++) {
+        const float* g = gates == NULL ? NULL : gates + m * E;
+        float* row = xs + m * ld;
+        float total = 0.0f;
+        for (int64_t k = 0; k < K; k++) {
+            row[k] = x[m * ldx + k] * mixed_scale(g, E, scale_in, K, k);
+            total += row[k];
+        }
+        for (int64_t k = K; k < ld; k++) row[k] = 0.0f;
+        totals[m] = total;
+    }
+
+    const int64_t tasks = (N + ROWS_PER_TASK - 1) / ROWS_PER_TASK;
+    /* Dynamic: on a machine shared with other jobs, a thread that starts late takes fewer tasks instead of
+     * leaving the others waiting for its fixed share. */
+#pragma omp parallel for num_threads(num_threads) schedule(dynamic) if (parallel)
+    for (int64_t t = 0; t < tasks; t++) {
+        const int64_t n_end = (t + 1) * ROWS_PER_TASK < N ? (t + 1) * ROWS_PER_TASK : N;
+        for (int64_t n = t * ROWS_PER_TASK; n < n_end; n++) {
+            const uint8_t* w = packed + n * ldw;
+            float sums[MAX_TILE];
+            int64_t m = 0;
+            while (m < M) {
+                const int64_t left = M - m;
+                const int mt = left >= 8 ? 8 : (left >= 4 ? 4 : (left >= 2 ? 2 : 1));
+                const float* rows = xs + m * ld;
+                switch (mt) {
+                    case 8: signed_sums(rows, ld, 8, w, kb, totals + m, sums); break;
+                    case 4: signed_sums(rows, ld, 4, w, kb, totals + m, sums); break;
+                    case 2: signed_sums(rows, ld, 2, w, kb, totals + m, sums); break;
+                    default: signed_sums(rows, ld, 1, w, kb, totals + m, sums); break;
+                }
+                for (int i = 0; i < mt; i++) {
+                    const float* g = gates == NULL ? NULL : gates + (m + i) * E;
+                    float v = sums[i] * mixed_scale(g, E, scale_out, N, n);
+                    if (bias != NULL) v += bias[n];
+                    y[(m + i) * ldy + n] = v;
+                }
+                m += mt;
+            }
+        }
+    }
+    free(xs);
+    return 0;
+}
+
+/* out (rows, K) float32, contiguous = +1 / -1 decoded from packed (rows, ceil(K / 8)) with row stride ldw. */
+void bmos_unpack_f32(const uint8_t* packed, int64_t rows, int64_t K, int64_t ldw, float* out,
+                     int num_threads) {
+    const int parallel = num_threads > 1 && rows * K >= PARALLEL_MIN_WORK;
+#pragma omp parallel for num_threads(num_threads) schedule(static) if (parallel)
+    for (int64_t n = 0; n < rows; n++) {
+        const uint8_t* w = packed + n * ldw;
+        float* o = out + n * K;
+        int64_t k = 0;
+        for (; k + 8 <= K; k += 8) memcpy(o + k, SIGNS[w[k / 8]], 8 * sizeof(float));
+        for (; k < K; k++) o[k] = SIGNS[w[k / 8]][k % 8];
+    }
+}

@@ -1,0 +1,144 @@
+"""ctypes binding of the compiled C kernels: argument types, checks, and torch-tensor wrappers.
+
+The C functions take raw pointers, so every wrapper checks dtype, device, shape and contiguity first: a wrong
+tensor must raise here, not read out of bounds in C.
+"""
+
+from __future__ import annotations
+
+import ctypes
+from pathlib import Path
+
+import torch
+
+from ...packing import PACKED_DTYPE, packed_columns
+
+#: Must match ABI_VERSION in binarymos_cpu.c; a cached library built from another version is refused.
+ABI_VERSION = 1
+
+_I64 = ctypes.c_int64
+_PTR = ctypes.c_void_p
+
+
+def _pointer(tensor: torch.Tensor | None) -> int | None:
+    return None if tensor is None else tensor.data_ptr()
+
+
+def _check_float32(name: str, tensor: torch.Tensor, shape: tuple[int, ...]) -> None:
+    if tensor.dtype != torch.float32 or tensor.device.type != "cpu" or not tensor.is_contiguous():
+        raise ValueError(
+            f"{name} must be a contiguous float32 CPU tensor, got {tensor.dtype} on {tensor.device}"
+        )
+    if tuple(tensor.shape) != shape:
+        raise ValueError(f"{name} must have shape {shape}, got {tuple(tensor.shape)}")
+
+
+def _check_packed(packed: torch.Tensor, rows: int, in_features: int) -> None:
+    if packed.dtype != PACKED_DTYPE or packed.device.type != "cpu" or packed.ndim != 2:
+        raise ValueError(
+            f"packed must be a 2-D {PACKED_DTYPE} CPU tensor, got {packed.dtype} on {packed.device}"
+        )
+    if packed.shape != (rows, packed_columns(in_features)) or packed.stride(1) != 1:
+        raise ValueError(
+            f"packed must be ({rows}, {packed_columns(in_features)}) with unit column stride, "
+            f"got {tuple(packed.shape)} with strides {packed.stride()}"
+        )
+
+
+class NativeKernels:
+    """The loaded library. Build one with :func:`optimum_binarymos.kernels.native.native_kernels`."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self._lib = ctypes.CDLL(str(self.path))
+        self._lib.bmos_abi_version.restype = ctypes.c_int
+        self._lib.bmos_simd_path.restype = ctypes.c_int
+        version = self._lib.bmos_abi_version()
+        if version != ABI_VERSION:
+            raise RuntimeError(f"{self.path} has ABI version {version}, expected {ABI_VERSION}")
+        self._lib.bmos_linear_f32.restype = ctypes.c_int
+        self._lib.bmos_linear_f32.argtypes = [
+            _PTR, _I64, _I64, _I64,  # x, M, K, ldx
+            _PTR, _I64,  # gates, E
+            _PTR, _PTR, _PTR,  # scale_in, scale_out, bias
+            _PTR, _I64, _I64,  # packed, N, ldw
+            _PTR, _I64, ctypes.c_int,  # y, ldy, threads
+        ]  # fmt: skip
+        self._lib.bmos_unpack_f32.restype = None
+        self._lib.bmos_unpack_f32.argtypes = [_PTR, _I64, _I64, _I64, _PTR, ctypes.c_int]
+        #: Calls of :meth:`linear` so far (tests use it to check that the native path really ran).
+        self.linear_calls = 0
+
+    @property
+    def simd(self) -> str:
+        """``"avx2"`` when the AVX2 inner loop was compiled in, ``"portable"`` otherwise."""
+        return "avx2" if self._lib.bmos_simd_path() == 1 else "portable"
+
+    def linear(
+        self,
+        x: torch.Tensor,
+        packed: torch.Tensor,
+        in_features: int,
+        scale_in: torch.Tensor | None,
+        scale_out: torch.Tensor | None,
+        gates: torch.Tensor | None,
+        bias: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """``((x * s_in) @ sign(W)^T) * s_out + bias`` with the mixture of scales fused, all in float32.
+
+        Args:
+            x: ``(M, K)`` float32, unit stride along ``K`` (any row stride).
+            packed: ``(N, ceil(K / 8))`` ``uint8`` signs (any row stride).
+            in_features: ``K``.
+            scale_in: ``(E, K)`` float32 contiguous, or None for no input scale (then scale_out and gates
+                are None too).
+            scale_out: ``(E, N)`` float32 contiguous, or None.
+            gates: ``(M, E)`` float32 contiguous router weights, or None when ``E == 1``.
+            bias: ``(N,)`` float32 or None.
+
+        Returns:
+            ``(M, N)`` float32.
+        """
+        rows, k = x.shape
+        n = packed.shape[0]
+        if x.dtype != torch.float32 or x.device.type != "cpu" or x.stride(1) != 1 or k != in_features:
+            raise ValueError(f"x must be (M, {in_features}) float32 on CPU with unit column stride")
+        _check_packed(packed, n, in_features)
+        if (scale_in is None) != (scale_out is None) or (scale_in is None and gates is not None):
+            raise ValueError("scale_in and scale_out are both given or both None (and then gates are None)")
+        experts = 1 if scale_in is None else scale_in.shape[0]
+        if scale_in is not None:
+            _check_float32("scale_in", scale_in, (experts, in_features))
+            _check_float32("scale_out", scale_out, (experts, n))
+        if gates is None:
+            if experts != 1:
+                raise ValueError(f"gates are required with {experts} experts")
+        else:
+            _check_float32("gates", gates, (rows, experts))
+        if bias is not None:
+            _check_float32("bias", bias, (n,))
+        y = torch.empty(rows, n, dtype=torch.float32)
+        status = self._lib.bmos_linear_f32(
+            x.data_ptr(), rows, in_features, x.stride(0),
+            _pointer(gates), experts,
+            _pointer(scale_in), _pointer(scale_out), _pointer(bias),
+            packed.data_ptr(), n, packed.stride(0),
+            y.data_ptr(), n, torch.get_num_threads(),
+        )  # fmt: skip
+        if status != 0:
+            raise MemoryError("the native BinaryMoS kernel could not allocate its scratch buffer")
+        self.linear_calls += 1
+        return y
+
+    def unpack(self, packed: torch.Tensor, in_features: int, out: torch.Tensor | None = None) -> torch.Tensor:
+        """Signs of ``packed`` ``(N, ceil(K / 8))`` as a ``(N, K)`` float32 tensor of +1 / -1 (written into
+        ``out`` when given)."""
+        n = packed.shape[0]
+        _check_packed(packed, n, in_features)
+        if out is None:
+            out = torch.empty(n, in_features, dtype=torch.float32)
+        _check_float32("out", out, (n, in_features))
+        self._lib.bmos_unpack_f32(
+            packed.data_ptr(), n, in_features, packed.stride(0), out.data_ptr(), torch.get_num_threads()
+        )
+        return out

@@ -1,0 +1,118 @@
+"""The torch backend of the packed BinaryMoS linear: any device, any number of tokens.
+
+The product with the signs, ``scaled @ sign(W)^T``, takes one of two strategies, picked by the number of
+tokens ``M``:
+
+* CPU and ``M <= NATIVE_MAX_TOKENS``: the native C kernel (:mod:`optimum_binarymos.kernels.native`), which
+  sums the scaled activations that each bit selects without ever building a float weight. Its cost grows with
+  ``M`` while a dense matmul reuses each weight for every token, hence the bound.
+* otherwise: unpack the signs one block of output rows at a time and multiply with the platform's matmul. The
+  float block (4 MiB) lives for one call and is never cached, so the weights stay at 1 bit in memory.
+
+float32 activations on CPU take the native kernel with the whole layer fused (mixture of scales, bias). Other
+dtypes follow the rounding steps of the reference forward (``_MixtureOfScalesMixin.forward``): scales and
+``x * s_in`` in the activations' dtype, the product accumulated in float32 and rounded once, then ``* s_out``
+and ``+ bias`` in the activations' dtype, so that a packed half-precision model gives the latent model's
+outputs.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..packing import unpack_signs
+from .native import NativeKernels, native_kernels
+
+#: Largest number of tokens sent to the native kernel; above it, unpacking a block then a dense matmul is
+#: faster (between 32 and 48 tokens for 4096 x 4096 on AVX2: ``benchmarks/cpu_kernels.py --tokens 16 32 48 64
+#: --strategies``).
+NATIVE_MAX_TOKENS = 32
+
+#: Float elements of one unpacked block of weights: 4 MiB in float32, which the matmul then reads from cache.
+#: On one core, 16 MiB blocks measured 10-30 % slower at 48 and 128 tokens.
+UNPACK_BLOCK_ELEMENTS = 1 << 20
+
+
+def packed_linear(
+    x: torch.Tensor,
+    packed: torch.Tensor,
+    in_features: int,
+    scale_in: torch.Tensor,
+    scale_out: torch.Tensor,
+    gates: torch.Tensor | None = None,
+    bias: torch.Tensor | None = None,
+    use_native: bool = True,
+) -> torch.Tensor:
+    """``((x * s_in) @ sign(W)^T) * s_out + bias`` for 2-D ``x``.
+
+    Args:
+        x: ``(M, K)`` activations (float32, float16 or bfloat16).
+        packed: ``(N, ceil(K / 8))`` ``uint8`` signs in the layout of :mod:`optimum_binarymos.packing`.
+        in_features: ``K``.
+        scale_in: ``(E, K)``; scale_out: ``(E, N)``: the scaling experts.
+        gates: ``(M, E)`` float32 router weights (softmax output), or None when ``E == 1``.
+        bias: ``(N,)`` or None.
+        use_native: allow the native CPU kernel (False: pure torch, unpack and matmul).
+
+    Returns:
+        ``(M, N)`` in ``x``'s dtype.
+    """
+    kernels = native_kernels() if use_native and x.device.type == "cpu" else None
+    if packed.stride(-1) != 1:
+        packed = packed.contiguous()
+    if kernels is not None and x.dtype == torch.float32 and x.shape[0] <= NATIVE_MAX_TOKENS:
+        if x.stride(-1) != 1:
+            x = x.contiguous()
+        return kernels.linear(
+            x, packed, in_features, _float32(scale_in), _float32(scale_out), _float32(gates), _float32(bias)
+        )
+    s_in, s_out = mixed_scales(gates, scale_in, scale_out, x.dtype)
+    y = signed_sums(x * s_in, packed, in_features, kernels) * s_out
+    if bias is not None:
+        y = y + bias.to(x.dtype)
+    return y
+
+
+def _float32(tensor: torch.Tensor | None) -> torch.Tensor | None:
+    return None if tensor is None else tensor.to(torch.float32).contiguous()
+
+
+def mixed_scales(
+    gates: torch.Tensor | None, scale_in: torch.Tensor, scale_out: torch.Tensor, dtype: torch.dtype
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token-adaptive ``(s_in, s_out)`` in ``dtype``, mixed in the tables' dtype as the reference forward
+    does: ``(M, K)`` and ``(M, N)``, or the single expert's ``(K,)`` and ``(N,)`` without gates."""
+    if gates is None:
+        return scale_in[0].to(dtype), scale_out[0].to(dtype)
+    mixing = gates.to(scale_in.dtype)
+    return (mixing @ scale_in).to(dtype), (mixing @ scale_out).to(dtype)
+
+
+def signed_sums(
+    scaled: torch.Tensor, packed: torch.Tensor, in_features: int, kernels: NativeKernels | None = None
+) -> torch.Tensor:
+    """``scaled @ sign(W)^T``: ``(M, K)`` -> ``(M, N)`` in ``scaled``'s dtype.
+
+    On CPU the sums accumulate in float32 and are rounded once; with ``kernels``, few tokens take the native
+    kernel and blocks are unpacked by it.
+    """
+    tokens = scaled.shape[0]
+    on_cpu = scaled.device.type == "cpu"
+    if kernels is not None and tokens <= NATIVE_MAX_TOKENS:
+        return kernels.linear(
+            scaled.to(torch.float32).contiguous(), packed, in_features, None, None, None, None
+        ).to(scaled.dtype)
+    dtype = torch.float32 if on_cpu else scaled.dtype  # half-precision matmuls are slow on most CPUs
+    operand = scaled.to(dtype)
+    out_features = packed.shape[0]
+    y = torch.empty(tokens, out_features, dtype=dtype, device=scaled.device)
+    rows = max(1, UNPACK_BLOCK_ELEMENTS // max(in_features, 1))
+    block = torch.empty(min(rows, out_features), in_features) if kernels is not None else None
+    for start in range(0, out_features, rows):
+        stop = min(start + rows, out_features)
+        if block is not None:
+            signs = kernels.unpack(packed[start:stop], in_features, out=block[: stop - start])
+        else:
+            signs = unpack_signs(packed[start:stop], in_features, dtype)
+        y[:, start:stop] = operand @ signs.T
+    return y.to(scaled.dtype)

@@ -1,0 +1,390 @@
+"""Kernels of the packed BinaryMoS linear against the formula, on every backend.
+
+Without a GPU the Triton kernels run in Triton's interpreter (``TRITON_INTERPRET=1``, set by conftest), one
+program at a time in Python: shapes here are small but cross tile and split boundaries of the interpreter's
+configuration (128 x 128 tiles, 2 K splits), and ``K`` is not a multiple of 8. Activations are views into
+buffers padded with NaN, so a read past a row or a column poisons the result; packed signs are views into a
+wider buffer of 0xFF bytes, so a kernel that ignores their row stride reads the wrong bits.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+import warnings
+
+import pytest
+import torch
+import transformers
+from transformers import AutoModelForCausalLM
+
+import optimum_binarymos
+from optimum_binarymos import BinaryMoSConfig, PackedBinaryMoSLinear, pack_signs, unpack_signs
+from optimum_binarymos.kernels import binarymos_linear, dispatch, native, torch_backend
+from optimum_binarymos.kernels.native import (
+    NativeBuildError,
+    NativeKernels,
+    build,
+    build_library,
+    native_kernels,
+)
+
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+# K is not a multiple of 8 (padding bits) and crosses two 128-wide K tiles; N crosses two 128-wide N tiles.
+K, N = 203, 150
+
+
+def nan_padded(tensor: torch.Tensor) -> torch.Tensor:
+    """``tensor`` (2-D) as a view with a row stride and an offset, inside a buffer of NaN."""
+    rows, cols = tensor.shape
+    buffer = torch.full((rows + 2, cols + 13), float("nan"), dtype=tensor.dtype)
+    view = buffer[1 : rows + 1, 5 : cols + 5]
+    view.copy_(tensor)
+    return view
+
+
+def garbage_padded(packed: torch.Tensor) -> torch.Tensor:
+    """Packed signs as a view inside a buffer of 0xFF bytes (all +1), with a row stride wider than a row."""
+    rows, cols = packed.shape
+    buffer = torch.full((rows + 1, cols + 7), 0xFF, dtype=torch.uint8)
+    view = buffer[:rows, 3 : cols + 3]
+    view.copy_(packed)
+    return view
+
+
+def make_case(
+    tokens: int, experts: int, bias: bool, dtype=torch.float32, seed: int = 0, k: int = K, n: int = N
+):
+    """Keyword arguments of ``binarymos_linear`` with NaN-padded activations, and the float32 reference."""
+    generator = torch.Generator().manual_seed(seed)
+    packed = pack_signs(torch.randn(n, k, generator=generator))
+    x = torch.randn(tokens, k, generator=generator).to(dtype)
+    scale_in = (0.5 + torch.rand(experts, k, generator=generator)).to(dtype)
+    scale_out = (0.01 + 0.02 * torch.rand(experts, n, generator=generator)).to(dtype)
+    gates = torch.softmax(torch.randn(tokens, experts, generator=generator), dim=-1) if experts > 1 else None
+    bias_ = torch.randn(n, generator=generator).to(dtype) if bias else None
+    expected = reference(x, packed, k, scale_in, scale_out, gates, bias_)
+    case = dict(
+        x=nan_padded(x),
+        packed=garbage_padded(packed),
+        in_features=k,
+        scale_in=scale_in,
+        scale_out=scale_out,
+        gates=gates,
+        bias=bias_,
+    )
+    return case, expected
+
+
+def reference(x, packed, in_features, scale_in, scale_out, gates, bias):
+    """The formula in float32, with the signs from :func:`unpack_signs` (the layout's reference)."""
+    if gates is None:
+        s_in, s_out = scale_in[0].float(), scale_out[0].float()
+    else:
+        s_in, s_out = gates @ scale_in.float(), gates @ scale_out.float()
+    y = ((x.float() * s_in) @ unpack_signs(packed, in_features).T) * s_out
+    return y + bias.float() if bias is not None else y
+
+
+def assert_matches(actual: torch.Tensor, expected: torch.Tensor, dtype: torch.dtype) -> None:
+    assert actual.dtype == dtype and actual.shape == expected.shape
+    assert torch.isfinite(actual).all(), "a NaN from the padding leaked in: an out-of-bounds read"
+    # Tolerance relative to the output's scale: signed sums cancel, so single outputs may be near zero.
+    scale = expected.abs().max().item()
+    tolerance = {torch.float32: 1e-5, torch.float16: 4e-3, torch.bfloat16: 2e-2}[dtype]
+    torch.testing.assert_close(actual.float(), expected, rtol=tolerance, atol=tolerance * scale)
+
+
+# --- Triton (interpreter on CPU) ----------------------------------------------------------------------------
+
+
+@pytest.fixture
+def triton_linear():
+    """The Triton backend's entry module (imports triton; the tests that use it skip without it)."""
+    pytest.importorskip("triton", reason="needs the triton package")
+    from optimum_binarymos.kernels.triton import linear
+
+    return linear
+
+
+@pytest.mark.parametrize("tokens", [1, 3, 17])
+@pytest.mark.parametrize("strategy", ["gemv", "gemm"])
+def test_triton_strategies_match_the_formula(triton_linear, strategy, tokens):
+    case, expected = make_case(tokens, experts=4, bias=True, seed=tokens)
+    before = triton_linear.LAUNCHES[strategy]
+    y = triton_linear.packed_linear(**case, strategy=strategy)
+    assert triton_linear.LAUNCHES[strategy] == before + 1
+    assert_matches(y, expected, torch.float32)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("strategy", ["gemv", "gemm"])
+def test_triton_half_precision_single_expert_without_bias(triton_linear, strategy, dtype):
+    case, expected = make_case(3, experts=1, bias=False, dtype=dtype, seed=7)
+    assert_matches(triton_linear.packed_linear(**case, strategy=strategy), expected, dtype)
+
+
+def test_triton_half_precision_mixture_with_bias(triton_linear):
+    case, expected = make_case(2, experts=4, bias=True, dtype=torch.float16, seed=8)
+    assert_matches(triton_linear.packed_linear(**case, strategy="gemm"), expected, torch.float16)
+
+
+def test_dispatcher_sends_few_tokens_to_gemv_and_many_to_gemm(triton_linear, monkeypatch):
+    monkeypatch.setenv(dispatch.BACKEND_VARIABLE, "triton")
+    for tokens, strategy in [(2, "gemv"), (12, "gemm")]:
+        case, expected = make_case(tokens, experts=2, bias=False, k=40, n=24, seed=tokens)
+        before = dict(triton_linear.LAUNCHES)
+        y = binarymos_linear(**case)
+        launched = {name: count - before.get(name, 0) for name, count in triton_linear.LAUNCHES.items()}
+        assert {name: count for name, count in launched.items() if count} == {strategy: 1}
+        assert_matches(y, expected, torch.float32)
+
+
+def tiny_packed_llama(num_experts: int) -> torch.nn.Module:
+    torch.manual_seed(0)
+    config = transformers.LlamaConfig(
+        vocab_size=64,
+        hidden_size=64,
+        intermediate_size=88,
+        num_hidden_layers=1,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        tie_word_embeddings=False,
+    )
+    model = AutoModelForCausalLM.from_config(config).eval()
+    optimum_binarymos.convert_model(model, BinaryMoSConfig(num_experts=num_experts))
+    return optimum_binarymos.pack_model(model)
+
+
+def prefill_then_decode_logits(model, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits of a prefill of ``tokens[:, :-1]`` and of one decoding step on ``tokens[:, -1:]``."""
+    with torch.no_grad():
+        prefill = model(tokens[:, :-1], use_cache=True)
+        decode = model(tokens[:, -1:], past_key_values=prefill.past_key_values, use_cache=True)
+    return prefill.logits, decode.logits
+
+
+def test_whole_packed_model_gives_the_same_logits_on_triton_and_torch(triton_linear, monkeypatch):
+    model = tiny_packed_llama(num_experts=4)
+    tokens = torch.randint(1, 64, (2, 8), generator=torch.Generator().manual_seed(3))
+    monkeypatch.setenv(dispatch.BACKEND_VARIABLE, "torch")
+    expected = prefill_then_decode_logits(model, tokens)
+    monkeypatch.setenv(dispatch.BACKEND_VARIABLE, "triton")
+    before = dict(triton_linear.LAUNCHES)
+    actual = prefill_then_decode_logits(model, tokens)
+    layers = sum(isinstance(module, PackedBinaryMoSLinear) for module in model.modules())
+    # Prefill: 2 x 7 tokens through each layer (GEMM); decoding: 2 tokens (GEMV).
+    assert triton_linear.LAUNCHES["gemm"] - before.get("gemm", 0) == layers
+    assert triton_linear.LAUNCHES["gemv"] - before.get("gemv", 0) == layers
+    for got, want in zip(actual, expected, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+
+
+# --- torch backend and native CPU kernel --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("use_native", [True, False], ids=["native", "pure-torch"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("tokens", [1, 3, 17, 40])
+def test_torch_backend_matches_the_formula(monkeypatch, tokens, dtype, use_native):
+    # Small unpacked blocks, so that the blocked strategy (40 tokens) crosses block boundaries too.
+    monkeypatch.setattr(torch_backend, "UNPACK_BLOCK_ELEMENTS", 8 * K)
+    for experts, bias in [(4, True), (1, False)]:
+        case, expected = make_case(tokens, experts, bias, dtype=dtype, seed=tokens + experts)
+        y = torch_backend.packed_linear(**case, use_native=use_native)
+        assert_matches(y, expected, dtype)
+
+
+def test_native_kernels_are_built_and_used_on_this_machine():
+    kernels = native_kernels()
+    assert kernels is not None, "the C kernels did not build: packed layers on CPU fall back to the slow path"
+    if sys.platform.startswith("linux"):
+        has_avx2 = " avx2" in f" {build.cpu_signature()} "
+        assert kernels.simd == ("avx2" if has_avx2 else "portable")
+    layer = PackedBinaryMoSLinear(K, N, num_experts=4, bias=True).requires_grad_(False)
+    before = kernels.linear_calls
+    with torch.no_grad():
+        layer(torch.randn(1, K))
+    assert kernels.linear_calls == before + 1
+
+
+def test_portable_c_loop_matches_the_formula(tmp_path):
+    kernels = NativeKernels(build_library(cache_dir=tmp_path, extra_flags=("-DBINARYMOS_PORTABLE",)))
+    assert kernels.simd == "portable"
+    for tokens in (1, 5, 11):
+        case, expected = make_case(tokens, experts=4, bias=True, seed=tokens)
+        case = {**case, "scale_in": case["scale_in"].contiguous()}
+        assert_matches(kernels.linear(**case), expected, torch.float32)
+    packed = case["packed"]
+    assert torch.equal(kernels.unpack(packed, K), unpack_signs(packed.contiguous(), K))
+
+
+def test_native_build_reuses_the_cache_and_reports_a_missing_compiler(tmp_path, monkeypatch):
+    first = build_library(cache_dir=tmp_path)
+    assert build_library(cache_dir=tmp_path) == first and len(list(tmp_path.iterdir())) == 1
+    monkeypatch.setenv("CC", str(tmp_path / "no-such-compiler"))
+    with pytest.raises(NativeBuildError, match="could not compile"):
+        build_library(cache_dir=tmp_path / "empty")
+
+
+@pytest.fixture
+def reset_native_kernels():
+    native_kernels.cache_clear()
+    yield
+    native_kernels.cache_clear()
+
+
+def test_failed_native_build_warns_once_and_falls_back_to_torch(monkeypatch, reset_native_kernels):
+    def failing_build():
+        raise NativeBuildError("no C compiler found")
+
+    monkeypatch.setattr(native, "build_library", failing_build)
+    case, expected = make_case(1, experts=4, bias=True)
+    with pytest.warns(RuntimeWarning, match="native CPU kernels unavailable") as record:
+        y = torch_backend.packed_linear(**case)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        torch_backend.packed_linear(**case)
+    assert len(record) == 1
+    assert_matches(y, expected, torch.float32)
+
+
+# --- dispatch -----------------------------------------------------------------------------------------------
+
+
+def test_backend_variable_is_read_at_every_call(monkeypatch):
+    cpu = torch.device("cpu")
+    monkeypatch.delenv(dispatch.BACKEND_VARIABLE, raising=False)
+    assert dispatch.select_backend(cpu) == "torch"
+    assert dispatch.select_backend(torch.device("cuda")) == "triton"
+    monkeypatch.setenv(dispatch.BACKEND_VARIABLE, "triton")
+    assert dispatch.select_backend(cpu) == "triton"  # the interpreter is on in this session
+    monkeypatch.setenv(dispatch.BACKEND_VARIABLE, "torch")
+    assert dispatch.select_backend(torch.device("cuda")) == "torch"
+    monkeypatch.setenv(dispatch.BACKEND_VARIABLE, "cuda")
+    with pytest.raises(ValueError, match="must be one of"):
+        dispatch.select_backend(cpu)
+
+
+def test_forcing_triton_where_it_cannot_run_says_what_to_change(monkeypatch):
+    monkeypatch.setenv(dispatch.BACKEND_VARIABLE, "triton")
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    with pytest.raises(RuntimeError, match="TRITON_INTERPRET=1"):
+        dispatch.select_backend(torch.device("cpu"))
+    monkeypatch.setattr(dispatch, "triton_installed", lambda: False)
+    with pytest.raises(RuntimeError, match="pip install triton"):
+        dispatch.select_backend(torch.device("cpu"))
+
+
+def test_package_imports_and_runs_without_triton():
+    script = textwrap.dedent(
+        """
+        import os, sys
+        sys.modules["triton"] = None  # any `import triton` now fails
+        import torch
+        import optimum_binarymos
+        from optimum_binarymos import PackedBinaryMoSLinear
+        layer = PackedBinaryMoSLinear(20, 6, num_experts=2).requires_grad_(False)
+        with torch.no_grad():
+            assert layer(torch.randn(3, 20)).shape == (3, 6)
+            os.environ["BINARYMOS_BACKEND"] = "triton"
+            try:
+                layer(torch.randn(3, 20))
+            except RuntimeError as error:
+                assert "pip install triton" in str(error), error
+            else:
+                raise AssertionError("BINARYMOS_BACKEND=triton without triton did not raise")
+        print("ok")
+        """
+    )
+    env = {key: value for key, value in os.environ.items() if key != "BINARYMOS_BACKEND"}
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300
+    )
+    assert result.returncode == 0 and result.stdout.strip().endswith("ok"), result.stderr
+
+
+def test_packed_layer_keeps_autograd_through_the_reference_path():
+    layer = PackedBinaryMoSLinear(K, N, num_experts=4).requires_grad_(False)
+    x = torch.randn(2, K, requires_grad=True)
+    layer(x).sum().backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0
+
+
+def test_empty_batch():
+    case, _ = make_case(1, experts=4, bias=True)
+    case["x"] = torch.empty(0, K)
+    case["gates"] = torch.empty(0, 4)
+    assert binarymos_linear(**case).shape == (0, N)
+
+
+GPU_COMPILE_SCRIPT = """
+import triton
+import triton.language as tl
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+
+from optimum_binarymos.kernels.triton import gemm, gemv
+
+POINTERS = ["x_ptr", "w_ptr", "gates_ptr", "scale_in_ptr", "scale_out_ptr", "bias_ptr", "y_ptr"]
+
+
+def signature(kernel, dtype, out_dtype, constexprs):
+    pointee = [dtype, "u8", "fp32", dtype, dtype, dtype, out_dtype]
+    types = {name: f"*{kind}" for name, kind in zip(POINTERS, pointee)}
+    names = kernel.fn.arg_names
+    return {name: "constexpr" if name in constexprs else types.get(name, "i32") for name in names}
+
+
+def compile_for_hopper(kernel, dtype, out_dtype, constexprs):
+    source = ASTSource(kernel.fn, signature(kernel, dtype, out_dtype, constexprs), constexprs=constexprs)
+    compiled = triton.compile(source, target=GPUTarget("cuda", 90, 32), options={"num_warps": 4})
+    assert compiled.asm["cubin"], kernel
+
+
+compile_for_hopper(gemv.binarymos_gemv_kernel, "fp16", "fp32", dict(
+    NUM_EXPERTS=4, HAS_GATES=True, HAS_BIAS=True, BLOCK_N=64, BLOCK_K=256, SPLIT_K=4))
+compile_for_hopper(gemm.binarymos_gemm_kernel, "bf16", "bf16", dict(
+    NUM_EXPERTS=4, HAS_GATES=True, HAS_BIAS=True, DOT_DTYPE=tl.bfloat16, BLOCK_M=64, BLOCK_N=64, BLOCK_K=64,
+    GROUP_M=8))
+print("ok")
+"""
+
+
+@pytest.mark.slow
+def test_triton_kernels_compile_for_a_gpu_without_one(triton_linear):
+    """The interpreter does not type-check like the compiler: build both kernels to a Hopper cubin (needs no
+    device, only the ptxas shipped with triton) in a process where they are not interpreted."""
+    env = {key: value for key, value in os.environ.items() if key != "TRITON_INTERPRET"}
+    env.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
+    result = subprocess.run(
+        [sys.executable, "-c", GPU_COMPILE_SCRIPT], capture_output=True, text=True, env=env, timeout=600
+    )
+    assert result.returncode == 0 and result.stdout.strip().endswith("ok"), result.stderr[-3000:]
+
+
+# --- on a GPU -----------------------------------------------------------------------------------------------
+
+
+@needs_cuda
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("tokens", [1, 4, 16, 128])
+def test_cuda_triton_matches_the_formula(triton_linear, tokens, dtype):
+    case, expected = make_case(tokens, experts=4, bias=True, dtype=dtype, k=4096 + 24, n=1000)
+    case = {key: value.cuda() if isinstance(value, torch.Tensor) else value for key, value in case.items()}
+    for strategy in ("gemv", "gemm"):
+        y = triton_linear.packed_linear(**case, strategy=strategy)
+        assert_matches(y.cpu(), expected, dtype)
+
+
+@needs_cuda
+def test_cuda_auto_backend_is_triton(triton_linear, monkeypatch):
+    monkeypatch.delenv(dispatch.BACKEND_VARIABLE, raising=False)
+    case, expected = make_case(2, experts=4, bias=True, dtype=torch.float16)
+    case = {key: value.cuda() if isinstance(value, torch.Tensor) else value for key, value in case.items()}
+    before = triton_linear.LAUNCHES["gemv"]
+    assert_matches(binarymos_linear(**case).cpu(), expected, torch.float16)
+    assert triton_linear.LAUNCHES["gemv"] == before + 1
