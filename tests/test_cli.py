@@ -94,3 +94,18 @@ def test_optimum_cli_has_the_binarymos_namespace():
     assert result.returncode == 0, result.stderr
     for command in ("quantize", "distill", "evaluate", "footprint", "card", "push"):
         assert command in result.stdout
+
+
+def test_distill_command_runs_the_distillation_and_saves_packed(tiny_folder, tmp_path, capsys):
+    train = tmp_path / "train.txt"
+    train.write_text(" ".join(["the capital of france is paris and"] * 40))
+    arguments = [
+        "distill", str(tiny_folder), "--train-files", str(train), "--block-size", "16",
+        "--dtype", "float32", "--output_dir", str(tmp_path / "run"), "--max_steps", "2",
+        "--per_device_train_batch_size", "2", "--save_strategy", "no", "--disable_tqdm", "true",
+        "--report_to", "none", "--dataloader_pin_memory", "false",
+    ]  # fmt: skip
+    assert main(arguments) == 0
+    assert "saved packed to" in capsys.readouterr().out
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "run" / "final")
+    assert any(isinstance(m, PackedBinaryMoSLinear) for m in model.modules())

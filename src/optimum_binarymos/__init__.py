@@ -28,12 +28,25 @@ __version__ = "0.1.0"
 # LoRA on BinaryMoS/ternary layers once peft is imported; peft itself is not imported here.
 register_peft()
 
+# The distillation classes pull in transformers.Trainer: imported on first use only.
+_LAZY = {"DistillationConfig": "optimum_binarymos.distill", "DistillationTrainer": "optimum_binarymos.distill"}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 __all__ = [
     "FORMAT_VERSION",
     "TERNARY_FORMAT_VERSION",
     "BinaryMoSConfig",
     "BinaryMoSHfQuantizer",
     "BinaryMoSLinear",
+    "DistillationConfig",
+    "DistillationTrainer",
     "Footprint",
     "PackedBinaryMoSLinear",
     "PackedTernaryLinear",

@@ -252,18 +252,25 @@ def _push(args: argparse.Namespace) -> int:
 
 def _distill_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
+        "model", help="float causal LM (Hub id or folder): the teacher, and the student to binarize"
+    )
+    parser.add_argument(
         "arguments",
         nargs=argparse.REMAINDER,
-        help="flags of the distillation script (DistillationConfig and TrainingArguments fields); "
-        "`distill --help-flags` lists them",
+        help="flags of the distillation (ScriptArguments, DistillationConfig and TrainingArguments fields, e.g. "
+        "--train-files a.txt --output_dir out --max_steps 100); `distill MODEL --help` lists them all",
     )
 
 
 def _distill(args: argparse.Namespace) -> int:
     from .distill.script import main as distill_main
 
-    arguments = ["--help" if a == "--help-flags" else a for a in args.arguments]
-    return distill_main(arguments) or 0
+    try:
+        final_dir = distill_main(["--model_name_or_path", args.model, *args.arguments])
+    except ValueError as error:
+        raise CommandError(str(error)) from error
+    print(f"distilled BinaryMoS model saved packed to {final_dir}")
+    return 0
 
 
 COMMANDS: tuple[Command, ...] = (

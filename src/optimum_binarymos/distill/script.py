@@ -1,0 +1,138 @@
+"""Distill a Hugging Face causal LM into its 1-bit BinaryMoS version (quantization-aware knowledge distillation).
+
+The float model is the teacher; the student is the same checkpoint loaded with ``BinaryMoSConfig`` (latent
+weights, SVID-initialized scales, random router). Text comes from local files (``--train-files``) or a
+``datasets`` dataset (``--dataset_name``, needs ``pip install datasets``); it is tokenized, joined and cut into
+``--block-size`` blocks. Every ``DistillationConfig`` / ``TrainingArguments`` flag works (``--help`` lists
+them); the defaults are the BinaryMoS recipe (lr 2e-5, cosine, 3 % warmup, 3 epochs, batch 4,
+KL + 10 x hidden-state MSE). Intermediate checkpoints keep latent weights (resume with
+``--resume_from_checkpoint``); the final model is saved packed, 1 bit per weight, in ``<output_dir>/final``.
+
+One CPU (a quick check on a small model)::
+
+    python -m optimum_binarymos.distill.script --model_name_or_path HuggingFaceTB/SmolLM2-135M --train-files a.txt b.txt \\
+        --block-size 512 --dtype float32 --use_cpu --max_steps 100 --output_dir distill-out
+
+Several GPUs, one process each (DDP; the teacher is replicated)::
+
+    torchrun --nproc_per_node 4 -m optimum_binarymos.distill.script --model_name_or_path meta-llama/Llama-2-7b-hf \\
+        --dataset_name allenai/c4 --dataset_config en --block-size 2048 --bf16 --gradient_checkpointing \\
+        --output_dir llama2-7b-binarymos
+    # or: accelerate launch --num_processes 4 -m optimum_binarymos.distill.script ...
+
+Models that do not fit on one GPU: FSDP2 (student and teacher both sharded) or DeepSpeed ZeRO-3::
+
+    accelerate launch --config_file examples/accelerate_fsdp2.yaml -m optimum_binarymos.distill.script \\
+        --model_name_or_path meta-llama/Llama-2-13b-hf --dataset_name allenai/c4 --dataset_config en \\
+        --bf16 --gradient_checkpointing --output_dir llama2-13b-binarymos
+    accelerate launch --config_file examples/accelerate_deepspeed_zero3.yaml -m optimum_binarymos.distill.script ...
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import torch
+import transformers
+from transformers import AutoModelForCausalLM, AutoTokenizer, HfArgumentParser, default_data_collator
+
+from ..config import BinaryMoSConfig
+from .config import DistillationConfig
+from .data import load_text_blocks, text_blocks
+from .trainer import DistillationTrainer
+
+logger = logging.getLogger("distill")
+
+
+@dataclass
+class ScriptArguments:
+    """What to distill and on which text."""
+
+    model_name_or_path: str = field(
+        metadata={"help": "Float causal LM (Hub id or folder): teacher and student."}
+    )
+    train_files: list[str] | None = field(
+        default=None, metadata={"help": "UTF-8 text files to train on, each one a document."}
+    )
+    dataset_name: str | None = field(
+        default=None, metadata={"help": "A `datasets` dataset to train on instead of --train-files."}
+    )
+    dataset_config: str | None = field(default=None, metadata={"help": "Configuration of --dataset_name."})
+    dataset_split: str = field(default="train", metadata={"help": "Split of --dataset_name."})
+    text_column: str = field(default="text", metadata={"help": "Text column of --dataset_name."})
+    block_size: int = field(default=2048, metadata={"help": "Tokens per training block (BinaryMoS: 2048)."})
+    max_train_blocks: int | None = field(default=None, metadata={"help": "Use at most this many blocks."})
+    eval_blocks: int = field(
+        default=0,
+        metadata={"help": "Hold out this many of the last blocks to report eval_loss on; 0 = none."},
+    )
+    num_experts: int = field(default=4, metadata={"help": "Scaling experts per layer (1 = OneBit)."})
+    dtype: Literal["bfloat16", "float16", "float32"] = field(
+        default="bfloat16",
+        metadata={"help": "dtype the models are loaded in; trainable parameters still train in float32."},
+    )
+    final_dir: str | None = field(
+        default=None, metadata={"help": "Where the packed model goes (default: <output_dir>/final)."}
+    )
+
+
+def load_blocks(script: ScriptArguments, tokenizer):
+    """Training blocks from --train-files or --dataset_name."""
+    if bool(script.train_files) == bool(script.dataset_name):
+        raise ValueError("Give exactly one of --train-files and --dataset_name.")
+    if script.train_files:
+        return load_text_blocks(script.train_files, tokenizer, script.block_size, script.max_train_blocks)
+    try:
+        import datasets
+    except ImportError as error:
+        raise ImportError("--dataset_name needs the `datasets` package: pip install datasets") from error
+    rows = datasets.load_dataset(script.dataset_name, script.dataset_config, split=script.dataset_split)
+    return text_blocks(
+        (row[script.text_column] for row in rows), tokenizer, script.block_size, script.max_train_blocks
+    )
+
+
+def main(argv: list[str] | None = None) -> str:
+    """Run the distillation; returns the folder of the packed model."""
+    parser = HfArgumentParser((ScriptArguments, DistillationConfig))
+    script, args = parser.parse_args_into_dataclasses(args=argv)
+    logging.basicConfig(format="%(asctime)s %(name)s: %(message)s", level=args.get_process_log_level())
+    logging.getLogger("optimum_binarymos").setLevel(logging.INFO if args.should_log else logging.WARNING)
+    transformers.logging.set_verbosity(args.get_process_log_level())
+
+    dtype = getattr(torch, script.dtype)
+    tokenizer = AutoTokenizer.from_pretrained(script.model_name_or_path)
+    teacher = AutoModelForCausalLM.from_pretrained(script.model_name_or_path, dtype=dtype)
+    student = AutoModelForCausalLM.from_pretrained(
+        script.model_name_or_path,
+        quantization_config=BinaryMoSConfig(num_experts=script.num_experts),
+        dtype=dtype,
+    )
+    blocks = load_blocks(script, tokenizer)
+    train, held_out = blocks.split(script.eval_blocks) if script.eval_blocks else (blocks, None)
+    logger.info("%d training blocks of %d tokens", len(train), script.block_size)
+
+    trainer = DistillationTrainer(
+        model=student,
+        teacher_model=teacher,
+        args=args,
+        train_dataset=train,
+        eval_dataset=held_out,
+        processing_class=tokenizer,
+        data_collator=default_data_collator,  # fixed-length blocks: no padding, no pad token needed
+    )
+    trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
+    if held_out is not None:
+        trainer.evaluate()
+    final_dir = script.final_dir or str(Path(args.output_dir) / "final")
+    trainer.save_model(final_dir)  # packed: 1 bit per binarized weight
+    logger.info("Packed BinaryMoS model saved to %s", final_dir)
+    return final_dir
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
