@@ -360,9 +360,11 @@ def test_gradient_accumulation_and_checkpointing_reproduce_the_plain_run(tmp_pat
     assert checkpointed == pytest.approx(plain, rel=1e-5)
 
 
-def test_bf16_autocast_with_a_bf16_student_trains_float32_master_weights(tmp_path):
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_half_precision_autocast_with_a_half_student_trains_float32_master_weights(tmp_path, precision):
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[precision]
     teacher, student = tiny_pair()
-    student.to(torch.bfloat16)
+    student.to(dtype)
     seen: list[torch.dtype] = []
 
     class DtypeProbe(TrainerCallback):
@@ -372,16 +374,17 @@ def test_bf16_autocast_with_a_bf16_student_trains_float32_master_weights(tmp_pat
     weight_before = student.model.layers[0].mlp.down_proj.weight.detach().clone()
     trainer = DistillationTrainer(
         model=student,
-        teacher_model=teacher,  # float32: cast to the student's bfloat16
-        args=tiny_args(tmp_path, bf16=True, use_cpu=True, learning_rate=1e-4),
+        teacher_model=teacher,  # float32: cast to the student's dtype
+        # fp16 also runs a gradient scaler, which refuses float16 gradients: master weights make it work.
+        args=tiny_args(tmp_path, use_cpu=True, learning_rate=1e-4, **{precision: True}),
         train_dataset=random_blocks(),
         callbacks=[DtypeProbe()],
     )
     trainer.train()
-    assert next(teacher.parameters()).dtype == torch.bfloat16
-    assert seen == [torch.float32] * 3  # master weights while training ...
+    assert next(teacher.parameters()).dtype == dtype
+    assert seen == [torch.float32] * len(seen) and seen  # master weights while training ...
     weight = student.model.layers[0].mlp.down_proj.weight
-    assert weight.dtype == torch.bfloat16  # ... and the loaded dtype afterwards
+    assert weight.dtype == dtype  # ... and the loaded dtype afterwards
     assert not torch.equal(weight, weight_before)
     assert all(math.isfinite(entry["loss"]) for entry in train_logs(trainer))
 
