@@ -14,7 +14,7 @@ Run from the repository root::
 
     python benchmarks/conversion.py --layers 2 --output conversion.md
 
-``--skip-svd`` drops the exact SVD of part (a), which takes about a minute on two cores.
+``--skip-svd`` drops the exact SVD of part (a), which takes one to three minutes on two cores.
 """
 
 from __future__ import annotations
@@ -55,7 +55,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--skip-svd", action="store_true", help="skip the exact SVD of part (a) (~1 min)")
+    parser.add_argument("--skip-svd", action="store_true", help="skip the exact SVD of part (a) (1-3 min)")
     parser.add_argument("--layers", type=int, default=2, help="decoder layers in the checkpoint of part (c)")
     parser.add_argument(
         "--svid-iterations", type=int, default=DEFAULT_SVID_ITERATIONS, help="power iterations of SVID"

@@ -1,11 +1,16 @@
-"""Forward latency of the packed BinaryMoS layer on CPU (the pure-torch path) against a dense float32 linear.
+"""Forward latency of the packed BinaryMoS layer on CPU against a dense float32 linear, and its weight bytes.
 
-For each number of tokens ``M``, times ``PackedBinaryMoSLinear`` (with 4 experts and with 1, the OneBit
-baseline) and a dense ``nn.Linear`` of the same ``(N, K)`` shape, all in float32, in the same run. Each figure
-is the median of ``--repeats`` timed calls under ``torch.no_grad()`` after ``--warmup`` untimed ones; the
-candidates take turns call by call, so that a slow spell of the machine hits all of them alike. The packed
-path unpacks the sign bits to a dense float matrix on every call, so it is expected to be slower than the
-dense layer; ``unpack_signs`` alone is timed as well to show how much of the time it takes.
+For each number of tokens ``M``, times in the same run, all in float32 under ``torch.no_grad()``:
+
+* ``dense fp32``: ``nn.Linear(K, N)``, the reference;
+* ``packed, E experts``: ``PackedBinaryMoSLinear(K, N)`` with 4 experts and with 1 (the OneBit baseline) on
+  its default path (``BINARYMOS_BACKEND`` dispatch; the table names the path taken);
+* ``pure torch``: the same layers through the reference forward that unpacks the whole weight to float and
+  calls ``F.linear``, the path every packed layer took before the kernels existed.
+
+Each figure is the median of ``--repeats`` timed calls after ``--warmup`` untimed ones; the candidates take
+turns call by call, so that a slow spell of the machine hits all of them alike. ``benchmarks/cpu_kernels.py``
+goes further into the kernels themselves.
 
 Run from the repository root::
 
@@ -24,7 +29,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from optimum_binarymos import PackedBinaryMoSLinear, unpack_signs
+from optimum_binarymos import PackedBinaryMoSLinear
+from optimum_binarymos.kernels import select_backend
+from optimum_binarymos.kernels.native import native_kernels
+from optimum_binarymos.kernels.torch_backend import NATIVE_MAX_TOKENS
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -37,6 +45,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--num-experts", type=int, nargs="+", default=[4, 1], help="packed layers to time")
     parser.add_argument("--repeats", type=int, default=20, help="timed calls per measurement")
     parser.add_argument("--warmup", type=int, default=3, help="untimed calls before timing")
+    parser.add_argument(
+        "--skip-pure-torch", action="store_true", help="do not time the unpack-everything path"
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output", type=Path, default=None, help="also write the markdown table here")
     return parser.parse_args(argv)
@@ -70,6 +81,18 @@ def packed_layer(in_features: int, out_features: int, num_experts: int) -> Packe
     return layer.requires_grad_(False)
 
 
+def pure_torch_forward(layer: PackedBinaryMoSLinear, x: torch.Tensor) -> torch.Tensor:
+    """The reference forward shared with the latent layer: unpack every sign to float, then ``F.linear``."""
+    return super(PackedBinaryMoSLinear, layer).forward(x)
+
+
+def default_path(tokens: int) -> str:
+    """The path :class:`PackedBinaryMoSLinear` takes for ``tokens`` float32 CPU tokens."""
+    if select_backend(torch.device("cpu")) == "torch" and tokens <= NATIVE_MAX_TOKENS and native_kernels():
+        return "native C kernel"
+    return "blocked unpack + matmul"
+
+
 def weight_bytes(module: nn.Module) -> int:
     """Bytes of every parameter and buffer of ``module``."""
     tensors = [*module.parameters(), *module.buffers()]
@@ -80,49 +103,63 @@ def mebibytes(size: int) -> str:
     return f"{size / 2**20:.2f} MiB"
 
 
-def layers_to_time(args: argparse.Namespace) -> list[tuple[str, nn.Module]]:
-    """``(label, layer)`` pairs, the dense reference first."""
-    k, n = args.in_features, args.out_features
-    layers: list[tuple[str, nn.Module]] = [("dense fp32 `nn.Linear`", dense_layer(k, n))]
-    for experts in args.num_experts:
-        label = f"packed, {experts} expert{'s' if experts > 1 else ''}"
-        layers.append((label, packed_layer(k, n, experts)))
-    return layers
+def experts_label(experts: int) -> str:
+    return f"{experts} expert{'s' if experts > 1 else ''}"
+
+
+def candidates(
+    args: argparse.Namespace, x: torch.Tensor, dense: nn.Linear, packed: list[PackedBinaryMoSLinear]
+) -> list[tuple[str, Callable[[], object], nn.Module]]:
+    """``(label, call, layer)`` for every candidate at this ``x``, the dense reference first."""
+    path = default_path(x.shape[0])
+    timed = [("dense fp32 `nn.Linear`", partial(dense, x), dense)]
+    timed += [
+        (f"packed, {experts_label(layer.num_experts)}: {path}", partial(layer, x), layer) for layer in packed
+    ]
+    if not args.skip_pure_torch:
+        timed += [
+            (
+                f"packed, {experts_label(layer.num_experts)}: pure torch",
+                partial(pure_torch_forward, layer, x),
+                layer,
+            )
+            for layer in packed
+        ]
+    return timed
 
 
 @torch.no_grad()
 def measure(args: argparse.Namespace) -> list[list[str]]:
     """One row per (M, candidate): median time and weight bytes, each also relative to the dense layer."""
-    layers = layers_to_time(args)
-    dense_bytes = weight_bytes(layers[0][1])
-    packed_signs = layers[-1][1].weight
+    k, n = args.in_features, args.out_features
+    dense = dense_layer(k, n)
+    packed = [packed_layer(k, n, experts) for experts in args.num_experts]
+    dense_bytes = weight_bytes(dense)
     rows = []
     for tokens in args.tokens:
-        x = torch.randn(tokens, args.in_features)
-        calls = [partial(layer, x) for _, layer in layers]
-        calls.append(partial(unpack_signs, packed_signs, args.in_features))
-        timings = interleaved_medians(calls, args.repeats, args.warmup)
-        for (label, layer), elapsed in zip(layers, timings, strict=False):
+        timed = candidates(args, torch.randn(tokens, k), dense, packed)
+        timings = interleaved_medians([call for _, call, _ in timed], args.repeats, args.warmup)
+        for (label, _, layer), elapsed in zip(timed, timings, strict=True):
             size = weight_bytes(layer)
             relative_size = f"{dense_bytes / size:.1f}x smaller" if size != dense_bytes else "-"
-            rows.append(timing_row(tokens, label, elapsed, timings[0], mebibytes(size), relative_size))
-        rows.append(
-            timing_row(tokens, "`unpack_signs` alone (inside every packed call)", timings[-1], timings[0])
-        )
+            rows.append(
+                [
+                    str(tokens),
+                    label,
+                    f"{elapsed * 1e3:.2f}",
+                    f"{elapsed / timings[0]:.2f}x",
+                    mebibytes(size),
+                    relative_size,
+                ]
+            )
     return rows
 
 
-def timing_row(
-    tokens: int, label: str, elapsed: float, dense: float, size: str = "-", relative_size: str = "-"
-) -> list[str]:
-    return [str(tokens), label, f"{elapsed * 1e3:.2f}", f"{elapsed / dense:.1f}x", size, relative_size]
-
-
 def render(args: argparse.Namespace, rows: list[list[str]]) -> str:
-    header = ["M", "layer", "median ms", "time vs dense", "weight bytes", "weights vs dense"]
+    header = ["M", "layer: path", "median ms", "time vs dense", "weight bytes", "weights vs dense"]
     lines = [
         f"### Forward of a {args.in_features} -> {args.out_features} linear on CPU, float32 activations "
-        f"(median of {args.repeats} interleaved calls, `torch.no_grad()`)",
+        f"(median of {args.repeats} interleaved calls, `torch.no_grad()`, {torch.get_num_threads()} threads)",
         "",
         "| " + " | ".join(header) + " |",
         "|" + "|".join("---" for _ in header) + "|",
