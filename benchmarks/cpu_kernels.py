@@ -15,9 +15,12 @@ AVX2 loop, the portable C loop, pure torch unpack and matmul, T-MAC-style lookup
 8 inputs, a 256-entry table of partial sums indexed by the packed byte) and, with ``--torch-compile``, an
 unpack-multiply-sum compiled by ``torch.compile`` (about a minute of compilation).
 
-Run from the repository root::
+Run from the repository root (``benchmarks/results/cpu_kernels-cpu.md`` records both runs)::
 
-    python benchmarks/cpu_kernels.py --tokens 1 8 128 --output benchmarks/results/cpu_kernels-cpu.md
+    python benchmarks/cpu_kernels.py --tokens 1 8 128 --budget-s 40
+    python benchmarks/cpu_kernels.py --threads 1 --clock cpu --strategies --design --torch-compile
+
+On a machine shared with other jobs, ``--threads 1 --clock cpu`` gives figures that other jobs barely move.
 """
 
 from __future__ import annotations

@@ -12,9 +12,10 @@ The default model is a random LLaMA with the layer shapes of TinyLlama-1.1B (hid
 32 heads with 4 key/value heads, vocabulary 32000) but 8 of its 22 layers: random weights generate as fast as
 trained ones, and 8 layers keep the float model's timing within minutes on two cores.
 
-Run from the repository root::
+Run from the repository root (``benchmarks/results/generate_speed-cpu.md`` records the first two)::
 
-    python benchmarks/generate_speed.py --output benchmarks/results/generate_speed-cpu.md
+    python benchmarks/generate_speed.py
+    python benchmarks/generate_speed.py --threads 1 --clock cpu
     python benchmarks/generate_speed.py --model-dir path/to/hf-model --dtype bfloat16
 """
 

@@ -9,10 +9,12 @@ wider buffer of 0xFF bytes, so a kernel that ignores their row stride reads the 
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import subprocess
 import sys
 import textwrap
+import threading
 import warnings
 
 import pytest
@@ -220,6 +222,61 @@ def test_portable_c_loop_matches_the_formula(tmp_path):
         assert_matches(kernels.linear(**case), expected, torch.float32)
     packed = case["packed"]
     assert torch.equal(kernels.unpack(packed, K), unpack_signs(packed.contiguous(), K))
+
+
+def _native_case(seed: int):
+    # Large enough (tokens x N x K above the C library's threshold) for the work to be shared with helpers.
+    case, expected = make_case(2, experts=4, bias=True, k=1000, n=600, seed=seed)
+    return {**case, "x": case["x"].contiguous()}, expected
+
+
+def test_native_kernel_from_several_threads_at_once():
+    kernels = native_kernels()
+    cases = [_native_case(seed) for seed in range(4)]
+    errors = []
+
+    def work(index: int) -> None:
+        case, expected = cases[index % len(cases)]
+        for _ in range(20):
+            try:
+                assert_matches(kernels.linear(**case), expected, torch.float32)
+            except AssertionError as error:
+                errors.append(error)
+
+    threads = [threading.Thread(target=work, args=(index,)) for index in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors, errors[0]
+
+
+_FORK_CASE: dict = {}
+
+
+def _linear_in_child(queue) -> None:
+    # Only the native kernel runs here: torch's own OpenMP pool does not survive fork() (its next parallel
+    # region would hang), so the inputs and the reference come from the parent.
+    y = native_kernels().linear(**_FORK_CASE["case"])
+    queue.put(float((y - _FORK_CASE["expected"]).abs().max()))
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="fork start method")
+def test_native_kernel_in_a_forked_child():
+    case, expected = _native_case(0)
+    assert_matches(native_kernels().linear(**case), expected, torch.float32)  # helpers started in the parent
+    _FORK_CASE.update(case=case, expected=expected)
+    context = multiprocessing.get_context("fork")
+    queue = context.Queue()
+    child = context.Process(target=_linear_in_child, args=(queue,))
+    child.start()
+    try:
+        error = queue.get(timeout=60)
+    finally:
+        child.join(timeout=60)
+        if child.is_alive():
+            child.kill()
+    assert child.exitcode == 0 and error < 1e-5 * expected.abs().max().item()
 
 
 def test_native_build_reuses_the_cache_and_reports_a_missing_compiler(tmp_path, monkeypatch):

@@ -24,10 +24,14 @@
  *
  * Without AVX2 (or with -DBINARYMOS_PORTABLE) a plain C loop multiplies by rows of that sign table, which
  * compilers vectorize for any instruction set.
+ *
+ * Output rows are split into tasks shared by the caller and the helper threads of task_pool.h.
  */
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+
+#include "task_pool.h"
 
 #if defined(__AVX2__) && !defined(BINARYMOS_PORTABLE)
 #include <immintrin.h>
@@ -39,9 +43,9 @@
 #define ABI_VERSION 1
 /* Rows of activations that share one decoded byte of weights. */
 #define MAX_TILE 8
-/* Output rows per unit of parallel work; small enough to balance two to a few dozen threads. */
+/* Output rows per task of the thread pool; small enough to balance two to a few dozen threads. */
 #define ROWS_PER_TASK 16
-/* Below this many weight bits times activation rows, a parallel region costs more than it saves. */
+/* Below this many weight bits times activation rows, waking helper threads costs more than it saves. */
 #define PARALLEL_MIN_WORK (1 << 18)
 
 #define ALWAYS_INLINE static inline __attribute__((always_inline))
@@ -138,11 +142,54 @@ ALWAYS_INLINE float mixed_scale(const float* g, int64_t e_count, const float* ta
     return s;
 }
 
+/* What every task of one bmos_linear_f32 call reads (and the output it writes). */
+typedef struct {
+    const float* xs;     /* (M, ld) scaled activations, zero-padded */
+    const float* totals; /* (M,) row sums of xs */
+    int64_t M, N, E, kb, ld;
+    const float* gates;
+    const float* scale_out;
+    const float* bias;
+    const uint8_t* packed;
+    int64_t ldw;
+    float* y;
+    int64_t ldy;
+} linear_context;
+
+/* Output rows [ROWS_PER_TASK * task, ...) for every token. */
+static void linear_task(const void* opaque, int64_t task) {
+    const linear_context* c = (const linear_context*)opaque;
+    const int64_t n_end = (task + 1) * ROWS_PER_TASK < c->N ? (task + 1) * ROWS_PER_TASK : c->N;
+    for (int64_t n = task * ROWS_PER_TASK; n < n_end; n++) {
+        const uint8_t* w = c->packed + n * c->ldw;
+        float sums[MAX_TILE];
+        int64_t m = 0;
+        while (m < c->M) {
+            const int64_t left = c->M - m;
+            const int mt = left >= 8 ? 8 : (left >= 4 ? 4 : (left >= 2 ? 2 : 1));
+            const float* rows = c->xs + m * c->ld;
+            switch (mt) {
+                case 8: signed_sums(rows, c->ld, 8, w, c->kb, c->totals + m, sums); break;
+                case 4: signed_sums(rows, c->ld, 4, w, c->kb, c->totals + m, sums); break;
+                case 2: signed_sums(rows, c->ld, 2, w, c->kb, c->totals + m, sums); break;
+                default: signed_sums(rows, c->ld, 1, w, c->kb, c->totals + m, sums); break;
+            }
+            for (int i = 0; i < mt; i++) {
+                const float* g = c->gates == NULL ? NULL : c->gates + (m + i) * c->E;
+                float v = sums[i] * mixed_scale(g, c->E, c->scale_out, c->N, n);
+                if (c->bias != NULL) v += c->bias[n];
+                c->y[(m + i) * c->ldy + n] = v;
+            }
+            m += mt;
+        }
+    }
+}
+
 /*
  * y (M, N), row stride ldy, float32 = ((x * s_in) @ sign(W)^T) * s_out + bias.
  *   x (M, K) row stride ldx; gates (M, E) contiguous or NULL (then row 0 of the tables is used);
  *   scale_in (E, K), scale_out (E, N) contiguous, or NULL for a scale of 1; bias (N) or NULL;
- *   packed (N, ceil(K / 8)) row stride ldw.
+ *   packed (N, ceil(K / 8)) row stride ldw; num_threads: the caller plus helpers of the pool.
  * Returns 0, or -1 when scratch memory cannot be allocated.
  */
 int bmos_linear_f32(const float* x, int64_t M, int64_t K, int64_t ldx, const float* gates, int64_t E,
@@ -154,9 +201,7 @@ int bmos_linear_f32(const float* x, int64_t M, int64_t K, int64_t ldx, const flo
     float* xs = (float*)malloc((size_t)(M * ld + M) * sizeof(float));
     if (xs == NULL) return -1;
     float* totals = xs + M * ld;
-    const int parallel = num_threads > 1 && M * N * K >= PARALLEL_MIN_WORK;
-
-#pragma omp parallel for num_threads(num_threads) schedule(static) if (parallel && M > 1)
+    /* The prologue is M * K * E multiply-adds against M * N * K / 8 steps of the main loop: serial. */
     for (int64_t m = 0; m < M; m++) {
         const float* g = gates == NULL ? NULL : gates + m * E;
         float* row = xs + m * ld;
@@ -168,51 +213,35 @@ int bmos_linear_f32(const float* x, int64_t M, int64_t K, int64_t ldx, const flo
         for (int64_t k = K; k < ld; k++) row[k] = 0.0f;
         totals[m] = total;
     }
-
-    const int64_t tasks = (N + ROWS_PER_TASK - 1) / ROWS_PER_TASK;
-    /* Dynamic: on a machine shared with other jobs, a thread that starts late takes fewer tasks instead of
-     * leaving the others waiting for its fixed share. */
-#pragma omp parallel for num_threads(num_threads) schedule(dynamic) if (parallel)
-    for (int64_t t = 0; t < tasks; t++) {
-        const int64_t n_end = (t + 1) * ROWS_PER_TASK < N ? (t + 1) * ROWS_PER_TASK : N;
-        for (int64_t n = t * ROWS_PER_TASK; n < n_end; n++) {
-            const uint8_t* w = packed + n * ldw;
-            float sums[MAX_TILE];
-            int64_t m = 0;
-            while (m < M) {
-                const int64_t left = M - m;
-                const int mt = left >= 8 ? 8 : (left >= 4 ? 4 : (left >= 2 ? 2 : 1));
-                const float* rows = xs + m * ld;
-                switch (mt) {
-                    case 8: signed_sums(rows, ld, 8, w, kb, totals + m, sums); break;
-                    case 4: signed_sums(rows, ld, 4, w, kb, totals + m, sums); break;
-                    case 2: signed_sums(rows, ld, 2, w, kb, totals + m, sums); break;
-                    default: signed_sums(rows, ld, 1, w, kb, totals + m, sums); break;
-                }
-                for (int i = 0; i < mt; i++) {
-                    const float* g = gates == NULL ? NULL : gates + (m + i) * E;
-                    float v = sums[i] * mixed_scale(g, E, scale_out, N, n);
-                    if (bias != NULL) v += bias[n];
-                    y[(m + i) * ldy + n] = v;
-                }
-                m += mt;
-            }
-        }
-    }
+    const linear_context context = {xs, totals, M, N, E, kb, ld, gates, scale_out, bias, packed, ldw, y, ldy};
+    const int threads = M * N * K >= PARALLEL_MIN_WORK ? num_threads : 1;
+    pool_run(linear_task, &context, (N + ROWS_PER_TASK - 1) / ROWS_PER_TASK, threads);
     free(xs);
     return 0;
+}
+
+typedef struct {
+    const uint8_t* packed;
+    int64_t rows, K, ldw;
+    float* out;
+} unpack_context;
+
+static void unpack_task(const void* opaque, int64_t task) {
+    const unpack_context* c = (const unpack_context*)opaque;
+    const int64_t n_end = (task + 1) * ROWS_PER_TASK < c->rows ? (task + 1) * ROWS_PER_TASK : c->rows;
+    for (int64_t n = task * ROWS_PER_TASK; n < n_end; n++) {
+        const uint8_t* w = c->packed + n * c->ldw;
+        float* o = c->out + n * c->K;
+        int64_t k = 0;
+        for (; k + 8 <= c->K; k += 8) memcpy(o + k, SIGNS[w[k / 8]], 8 * sizeof(float));
+        for (; k < c->K; k++) o[k] = SIGNS[w[k / 8]][k % 8];
+    }
 }
 
 /* out (rows, K) float32, contiguous = +1 / -1 decoded from packed (rows, ceil(K / 8)) with row stride ldw. */
 void bmos_unpack_f32(const uint8_t* packed, int64_t rows, int64_t K, int64_t ldw, float* out,
                      int num_threads) {
-    const int parallel = num_threads > 1 && rows * K >= PARALLEL_MIN_WORK;
-#pragma omp parallel for num_threads(num_threads) schedule(static) if (parallel)
-    for (int64_t n = 0; n < rows; n++) {
-        const uint8_t* w = packed + n * ldw;
-        float* o = out + n * K;
-        int64_t k = 0;
-        for (; k + 8 <= K; k += 8) memcpy(o + k, SIGNS[w[k / 8]], 8 * sizeof(float));
-        for (; k < K; k++) o[k] = SIGNS[w[k / 8]][k % 8];
-    }
+    const unpack_context context = {packed, rows, K, ldw, out};
+    const int threads = rows * K >= PARALLEL_MIN_WORK ? num_threads : 1;
+    pool_run(unpack_task, &context, (rows + ROWS_PER_TASK - 1) / ROWS_PER_TASK, threads);
 }

@@ -23,20 +23,17 @@ from pathlib import Path
 
 from ...assets import default_cache_dir
 
-#: The C source, shipped inside the package.
+#: The C source that is compiled, shipped inside the package; it includes the headers beside it.
 SOURCE = Path(__file__).with_name("binarymos_cpu.c")
 
-#: Flags every build uses.
-COMMON_FLAGS = ("-O3", "-shared", "-fPIC", "-std=c11")
+#: Everything the library is built from (the cache key covers all of it).
+SOURCES = (SOURCE, Path(__file__).with_name("task_pool.h"))
 
-# Tried in order until one compiles: not every compiler knows -march=native (some ARM gcc want -mcpu) or
-# OpenMP (Apple clang); without OpenMP the library is correct but single-threaded.
-FLAG_CHOICES = (
-    ("-march=native", "-fopenmp"),
-    ("-fopenmp",),
-    ("-march=native",),
-    (),
-)
+#: Flags every build uses.
+COMMON_FLAGS = ("-O3", "-shared", "-fPIC", "-std=c11", "-pthread")
+
+# Tried in order until one compiles: not every compiler knows -march=native (some ARM gcc want -mcpu).
+FLAG_CHOICES = (("-march=native",), ())
 
 
 class NativeBuildError(RuntimeError):
@@ -73,7 +70,7 @@ def library_name(compiler: str, extra_flags: Sequence[str]) -> str:
     """File name of the cached library: a hash of everything that changes the binary."""
     digest = hashlib.sha256()
     for part in (
-        SOURCE.read_bytes(),
+        *(source.read_bytes() for source in SOURCES),
         compiler.encode(),
         " ".join(extra_flags).encode(),
         cpu_signature().encode(),
