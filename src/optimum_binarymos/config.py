@@ -20,6 +20,32 @@ CHECKPOINT_FORMS = ("packed", "latent")
 DEFAULT_NUM_EXPERTS = 4
 
 
+def newer_format_message(version: int, supported: int, layout: str, source: str = "This checkpoint") -> str:
+    """The one message for a format version this library cannot read, whether found in ``config.json`` or in a
+    safetensors file's metadata.
+
+    Args:
+        version: the version found.
+        supported: the largest version this library reads.
+        layout: the layout being versioned (``"BinaryMoS packed"``, ``"ternary packed"``).
+        source: where it was found, starting the sentence.
+    """
+    return (
+        f"{source} uses {layout} format version {version}, but the installed optimum-binarymos reads up to "
+        f"version {supported}. Upgrade it: pip install -U optimum-binarymos"
+    )
+
+
+def check_checkpoint_form(checkpoint_form: Any) -> None:
+    """Refuse a ``checkpoint_form`` other than those of :data:`CHECKPOINT_FORMS`; otherwise loading would pick
+    packed or latent skeletons from a typo and fail later on tensor shapes."""
+    if checkpoint_form not in CHECKPOINT_FORMS:
+        raise ValueError(
+            f"checkpoint_form must be one of {list(CHECKPOINT_FORMS)}; got {checkpoint_form!r}. Leave it to the "
+            "library: use optimum_binarymos.latent_saving(model) to save latent weights."
+        )
+
+
 @register_quantization_config(QUANT_METHOD)
 class BinaryMoSConfig(QuantizationConfigMixin):
     """Configuration of BinaryMoS 1-bit quantization.
@@ -107,8 +133,5 @@ class BinaryMoSConfig(QuantizationConfigMixin):
         ):
             raise ValueError(f"format_version must be a positive integer; got {self.format_version!r}")
         if self.format_version > FORMAT_VERSION:
-            raise ValueError(
-                f"This checkpoint uses BinaryMoS packed format version {self.format_version}, but the installed "
-                f"optimum-binarymos reads up to version {FORMAT_VERSION}. Upgrade it: "
-                "pip install -U optimum-binarymos"
-            )
+            raise ValueError(newer_format_message(self.format_version, FORMAT_VERSION, "BinaryMoS packed"))
+        check_checkpoint_form(self.checkpoint_form)

@@ -24,7 +24,7 @@ from torch import nn
 from transformers.core_model_loading import ConversionOps
 from transformers.quantizers import HfQuantizer, register_quantizer
 
-from .config import QUANT_METHOD, BinaryMoSConfig
+from .config import QUANT_METHOD, BinaryMoSConfig, newer_format_message
 from .convert import (
     LATENT_LAYER_TYPES,
     PACKED_LAYER_TYPES,
@@ -35,7 +35,7 @@ from .convert import (
 from .hub import prepare_for_sharing
 from .nn.binarymos import BinaryMoSLinear, PackedBinaryMoSLinear
 from .nn.svid import svid_rank1
-from .packing import FORMAT_VERSION, pack_signs
+from .packing import FORMAT_VERSION, PACKED_DTYPE, pack_signs
 
 logger = logging.getLogger(__name__)
 
@@ -43,16 +43,20 @@ logger = logging.getLogger(__name__)
 FORMAT_METADATA_KEY = "binarymos_format_version"
 
 
-class SvidInitialize(ConversionOps):
-    """Turns a float checkpoint weight into the tensors of a latent BinaryMoS layer.
+class LatentInitialize(ConversionOps):
+    """Turns a float checkpoint weight into the tensors of a latent layer, the moment it is read.
 
     Input: ``{"<module>.weight": tensor}``. Output: ``<module>.weight`` (``(out, in)``; GPT-2 ``Conv1D`` weights
-    are transposed), ``<module>.scale_in``, ``<module>.scale_out`` and, with several experts,
-    ``<module>.router_weight``.
+    are transposed, the shape is checked) followed by the tensors :meth:`init_tensors` derives from it.
+    Subclasses set :meth:`init_tensors`, the method's per-layer initialization.
     """
 
-    def __init__(self, hf_quantizer: BinaryMoSHfQuantizer) -> None:
+    def __init__(self, hf_quantizer: PackingHfQuantizer) -> None:
         self.hf_quantizer = hf_quantizer
+
+    def init_tensors(self, weight: torch.Tensor, layer: nn.Module, config: Any) -> dict[str, torch.Tensor]:
+        """The layer's tensors other than ``weight``, by name within the layer (``"scale_in"``)."""
+        raise NotImplementedError
 
     def convert(
         self, input_dict: dict[str, Any], model: nn.Module | None = None, **kwargs
@@ -71,16 +75,31 @@ class SvidInitialize(ConversionOps):
                 raise ValueError(
                     f"Checkpoint tensor {key} has shape {tuple(weight.shape)} but {prefix} expects {expected}"
                 )
-            out_scale, in_scale = svid_rank1(weight, config.svid_iterations)
-            experts = config.num_experts
             result[key] = weight
-            result[f"{prefix}.scale_in"] = in_scale.to(weight.dtype).expand(experts, -1).contiguous()
-            result[f"{prefix}.scale_out"] = out_scale.to(weight.dtype).expand(experts, -1).contiguous()
-            if experts > 1:
-                router = torch.empty(experts, layer.in_features, dtype=weight.dtype, device=weight.device)
-                nn.init.kaiming_uniform_(router, a=5**0.5)  # nn.Linear's default: random, never zero
-                result[f"{prefix}.router_weight"] = router
+            for name, tensor in self.init_tensors(weight, layer, config).items():
+                result[f"{prefix}.{name}"] = tensor
         return result
+
+
+class SvidInitialize(LatentInitialize):
+    """Latent BinaryMoS layer from a float weight: ``scale_in`` and ``scale_out`` from the rank-1 SVID of the
+    weight, copied to every expert, and, with several experts, a randomly initialized ``router_weight``.
+    """
+
+    def init_tensors(
+        self, weight: torch.Tensor, layer: nn.Module, config: BinaryMoSConfig
+    ) -> dict[str, torch.Tensor]:
+        out_scale, in_scale = svid_rank1(weight, config.svid_iterations)
+        experts = config.num_experts
+        tensors = {
+            "scale_in": in_scale.to(weight.dtype).expand(experts, -1).contiguous(),
+            "scale_out": out_scale.to(weight.dtype).expand(experts, -1).contiguous(),
+        }
+        if experts > 1:
+            router = torch.empty(experts, layer.in_features, dtype=weight.dtype, device=weight.device)
+            nn.init.kaiming_uniform_(router, a=5**0.5)  # nn.Linear's default: random, never zero
+            tensors["router_weight"] = router
+        return tensors
 
 
 class PackingHfQuantizer(HfQuantizer):
@@ -140,8 +159,12 @@ class PackingHfQuantizer(HfQuantizer):
             self.converted_modules,
             lambda _name, module: self.skeleton(module, self.loads_packed, dtype),
         )
+        checkpoint_files = kwargs.get("checkpoint_files") or []
         if self.loads_packed:
-            check_packed_checkpoint(model, kwargs.get("checkpoint_files") or [], self)
+            check_packed_checkpoint(model, checkpoint_files, self)
+        elif self.pre_quantized:
+            # Latent checkpoints carry the same metadata; the config's version is checked for them too.
+            check_checkpoint_format_version(checkpoint_files, self)
 
     def param_needs_quantization(self, model, param_name: str, **kwargs) -> bool:
         if self.pre_quantized or not param_name.endswith(".weight"):
@@ -211,32 +234,110 @@ def packed_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     return state
 
 
+#: safetensors header dtype names in torch's words.
+_SAFETENSORS_DTYPES = {
+    "BOOL": torch.bool,
+    "U8": torch.uint8,
+    "I8": torch.int8,
+    "I16": torch.int16,
+    "I32": torch.int32,
+    "I64": torch.int64,
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+    "F32": torch.float32,
+    "F64": torch.float64,
+    "F8_E4M3": torch.float8_e4m3fn,
+    "F8_E5M2": torch.float8_e5m2,
+}
+
+
+def _torch_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def _dtype_name(header_dtype: str) -> str:
+    """A safetensors header dtype (``"U8"``) in torch's words (``"uint8"``)."""
+    dtype = _SAFETENSORS_DTYPES.get(header_dtype)
+    return _torch_name(dtype) if dtype is not None else header_dtype
+
+
+def _read_headers(
+    checkpoint_files: list[str],
+) -> tuple[dict[str, tuple[tuple[int, ...], str]], dict[str, dict[str, str]]]:
+    """``({tensor name: (shape, dtype)}, {file: metadata})`` of the safetensors files among ``checkpoint_files``,
+    from their headers only (no tensor data is read)."""
+    tensors: dict[str, tuple[tuple[int, ...], str]] = {}
+    metadata: dict[str, dict[str, str]] = {}
+    for path in checkpoint_files:
+        if str(path).endswith(".safetensors"):
+            with safe_open(path, framework="pt") as checkpoint:
+                metadata[str(path)] = checkpoint.metadata() or {}
+                for key in checkpoint.keys():
+                    tensor = checkpoint.get_slice(key)
+                    tensors[key] = (tuple(tensor.get_shape()), tensor.get_dtype())
+    return tensors, metadata
+
+
+def _check_file_format_versions(metadata: dict[str, dict[str, str]], quantizer: PackingHfQuantizer) -> None:
+    """Refuse a file whose metadata holds a format version newer than ``quantizer`` reads, even when
+    ``config.json`` (checked by the config itself) says otherwise. Files without the key (written by other tools)
+    pass."""
+    key = quantizer.format_metadata_key
+    for path, values in metadata.items():
+        if key not in values:
+            continue
+        raw = values[key]
+        version = int(raw) if raw.strip().isdigit() else 0
+        if version < 1:
+            raise ValueError(
+                f"{path} has an invalid {key} metadata value {raw!r}; expected a positive integer such as "
+                f"'{quantizer.format_version}'. The file is damaged or was not written by optimum-binarymos."
+            )
+        if version > quantizer.format_version:
+            raise ValueError(
+                newer_format_message(
+                    version,
+                    quantizer.format_version,
+                    f"{quantizer.method_name} packed",
+                    source=f"{path} (safetensors metadata {key})",
+                )
+            )
+
+
+def check_checkpoint_format_version(checkpoint_files: list[str], quantizer: PackingHfQuantizer) -> None:
+    """Check the format version in the safetensors metadata of ``checkpoint_files`` (headers only).
+
+    Raises:
+        ValueError: for a version newer than ``quantizer`` reads (telling to upgrade) or one that is not a
+            positive integer.
+    """
+    _check_file_format_versions(_read_headers(checkpoint_files)[1], quantizer)
+
+
 def check_packed_checkpoint(
     model: nn.Module, checkpoint_files: list[str], quantizer: PackingHfQuantizer
 ) -> None:
     """Compare the safetensors headers (no data is read) with the packed skeleton before anything loads.
 
     Raises:
-        ValueError: naming every tensor of ``quantizer``'s packed layers that is missing, mis-shaped or of the
-            wrong dtype.
+        ValueError: for a newer format version in a file's metadata (as
+            :func:`check_checkpoint_format_version`), and naming every tensor of ``quantizer``'s packed layers
+            that is missing, mis-shaped or of the wrong dtype.
     """
-    headers: dict[str, tuple[tuple[int, ...], str]] = {}
-    for path in checkpoint_files:
-        if str(path).endswith(".safetensors"):
-            with safe_open(path, framework="pt") as checkpoint:
-                for key in checkpoint.keys():
-                    tensor = checkpoint.get_slice(key)
-                    headers[key] = (tuple(tensor.get_shape()), tensor.get_dtype())
+    headers, metadata = _read_headers(checkpoint_files)
+    _check_file_format_versions(metadata, quantizer)
     if not headers:
         return  # not safetensors: the post-load check still catches missing tensors
     problems = []
     for module_name, module in model.named_modules():
         if not isinstance(module, quantizer.packed_layer_type):
             continue
-        weight_dtype = headers.get(f"{module_name}.weight", (None, "U8"))[1]
-        if weight_dtype != "U8":
+        weight_dtype = headers.get(f"{module_name}.weight", ((), ""))[1]
+        if _is_float(weight_dtype):
+            # A whole float layer: one line says it, its missing scales would only drown it.
             problems.append(
-                f"{module_name}.weight is a float weight ({weight_dtype}): the checkpoint is not packed"
+                f"{module_name}.weight is a float weight (dtype {_dtype_name(weight_dtype)}, expected "
+                f"{_torch_name(PACKED_DTYPE)}): the checkpoint is not packed"
             )
             continue
         for tensor_name, tensor in [
@@ -248,6 +349,9 @@ def check_packed_checkpoint(
                 problems.append(f"{key} is missing")
                 continue
             shape, dtype = headers[key]
+            if not _dtype_fits(dtype, tensor.dtype):
+                expected = "a float dtype" if tensor.dtype.is_floating_point else _torch_name(tensor.dtype)
+                problems.append(f"{key} has dtype {_dtype_name(dtype)}, expected {expected}")
             if shape != tuple(tensor.shape):
                 problems.append(f"{key} has shape {list(shape)}, expected {list(tensor.shape)}")
     if problems:
@@ -256,6 +360,19 @@ def check_packed_checkpoint(
             f"This {quantizer.method_name} checkpoint does not fit {type(model).__name__} with "
             f"{quantizer.describe_config()}: {shown}"
         )
+
+
+def _is_float(header_dtype: str) -> bool:
+    """Whether a safetensors header dtype is a float one (``F16``, ``BF16``, ``F8_E4M3``, ...)."""
+    return header_dtype.startswith(("F", "BF"))
+
+
+def _dtype_fits(header_dtype: str, expected: torch.dtype) -> bool:
+    """Packed codes must be stored exactly as ``expected`` (their bytes are used as they are); float tensors may
+    be stored in any float dtype, since loading casts them to the model's."""
+    if expected.is_floating_point:
+        return _is_float(header_dtype)
+    return _SAFETENSORS_DTYPES.get(header_dtype) == expected
 
 
 def _check_fully_loaded(model: nn.Module, layer_types: tuple[type[nn.Module], ...], method_name: str) -> None:

@@ -8,15 +8,14 @@ from typing import Any
 from transformers.quantizers import register_quantization_config
 from transformers.utils.quantization_config import QuantizationConfigMixin
 
+from .config import CHECKPOINT_FORMS as CHECKPOINT_FORMS  # re-exported: both methods share the forms
+from .config import check_checkpoint_form, newer_format_message
 from .kernels.ternary import TRITON_GROUP_MULTIPLE
 from .nn.ternary import DEFAULT_GROUP_SIZE, DEFAULT_INIT_THRESHOLD, SHIFT_INITS
 from .packing import CODE_PACKINGS, TERNARY_FORMAT_VERSION
 
 #: Name under which the method is registered with transformers (``quant_method`` in ``config.json``).
 TERNARY_QUANT_METHOD = "binarymos_ternary"
-
-#: What a saved checkpoint can hold: packed trits, or latent float weights (to resume training).
-CHECKPOINT_FORMS = ("packed", "latent")
 
 #: Group sizes must be multiples of this, so the Triton kernel can tile every group for ``tl.dot``.
 GROUP_SIZE_MULTIPLE = TRITON_GROUP_MULTIPLE
@@ -128,12 +127,6 @@ class TernaryConfig(QuantizationConfigMixin):
             raise ValueError(f"format_version must be a positive integer; got {self.format_version!r}")
         if self.format_version > TERNARY_FORMAT_VERSION:
             raise ValueError(
-                f"This checkpoint uses ternary packed format version {self.format_version}, but the installed "
-                f"optimum-binarymos reads up to version {TERNARY_FORMAT_VERSION}. Upgrade it: "
-                "pip install -U optimum-binarymos"
+                newer_format_message(self.format_version, TERNARY_FORMAT_VERSION, "ternary packed")
             )
-        if self.checkpoint_form not in CHECKPOINT_FORMS:
-            raise ValueError(
-                f"checkpoint_form must be one of {list(CHECKPOINT_FORMS)}; got {self.checkpoint_form!r}. Leave it "
-                "to the library: use optimum_binarymos.latent_saving(model) to save latent weights."
-            )
+        check_checkpoint_form(self.checkpoint_form)

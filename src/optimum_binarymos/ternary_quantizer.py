@@ -11,54 +11,28 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 from torch import nn
-from transformers.core_model_loading import ConversionOps
 from transformers.quantizers import register_quantizer
 
 from .nn.ternary import PackedTernaryLinear, TernaryLinear, twn_init
 from .packing import TERNARY_FORMAT_VERSION, pack_ternary
-from .quantizer import PackingHfQuantizer
+from .quantizer import LatentInitialize, PackingHfQuantizer
 from .ternary_config import TERNARY_QUANT_METHOD, TernaryConfig
 
 #: safetensors metadata key carrying the packed ternary layout version.
 TERNARY_FORMAT_METADATA_KEY = "ternary_format_version"
 
 
-class TernaryInitialize(ConversionOps):
-    """Turns a float checkpoint weight into the tensors of a latent ternary layer.
+class TernaryInitialize(LatentInitialize):
+    """Latent ternary layer from a float weight: TWN-initialized ``weight_scale`` and ``weight_shift``
+    (``(out, ceil(in / group_size))``)."""
 
-    Input: ``{"<module>.weight": tensor}``. Output: ``<module>.weight`` (``(out, in)``; GPT-2 ``Conv1D`` weights
-    are transposed), ``<module>.weight_scale`` and ``<module>.weight_shift`` (``(out, ceil(in / group_size))``).
-    """
-
-    def __init__(self, hf_quantizer: TernaryHfQuantizer) -> None:
-        self.hf_quantizer = hf_quantizer
-
-    def convert(
-        self, input_dict: dict[str, Any], model: nn.Module | None = None, **kwargs
+    def init_tensors(
+        self, weight: torch.Tensor, layer: nn.Module, config: TernaryConfig
     ) -> dict[str, torch.Tensor]:
-        config = self.hf_quantizer.quantization_config
-        result: dict[str, torch.Tensor] = {}
-        for key, value in input_dict.items():
-            weight = value[0] if isinstance(value, list) else value
-            prefix = key.removesuffix(".weight")
-            layer = model.get_submodule(prefix)
-            if getattr(layer, "source_is_conv1d", False):
-                weight = weight.t()
-            weight = weight.contiguous()
-            expected = (layer.out_features, layer.in_features)
-            if tuple(weight.shape) != expected:
-                raise ValueError(
-                    f"Checkpoint tensor {key} has shape {tuple(weight.shape)} but {prefix} expects {expected}"
-                )
-            scale, shift = twn_init(weight, config.group_size, config.init_threshold, config.shift_init)
-            result[key] = weight
-            result[f"{prefix}.weight_scale"] = scale.to(weight.dtype)
-            result[f"{prefix}.weight_shift"] = shift.to(weight.dtype)
-        return result
+        scale, shift = twn_init(weight, config.group_size, config.init_threshold, config.shift_init)
+        return {"weight_scale": scale.to(weight.dtype), "weight_shift": shift.to(weight.dtype)}
 
 
 @register_quantizer(TERNARY_QUANT_METHOD)
