@@ -162,7 +162,7 @@ def test_base_model_must_be_a_hub_id(binary_model):
 
 
 def test_a_float_model_has_no_binarymos_card():
-    with pytest.raises(ValueError, match="not a BinaryMoS model"):
+    with pytest.raises(ValueError, match="not a BinaryMoS or ternary model"):
         render_model_card(make_float_model("llama"))
 
 

@@ -179,7 +179,65 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 def _footprint_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model", help="Hub id or local folder: only its config.json is read")
-    parser.add_argument("--num-experts", type=int, default=None, help="default: the model's own, else 4")
+    parser.add_argument(
+        "--method",
+        choices=METHODS,
+        default=None,
+        help="conversion to account for; default: the one whose flags are given, else the checkpoint's own "
+        "(quant_method in its config.json), else binarymos",
+    )
+    parser.add_argument(
+        "--num-experts", type=int, default=None, help="binarymos: default the model's own, else 4"
+    )
+    parser.add_argument(
+        "--group-size", type=int, default=None, help="ternary: default the model's own, else 128"
+    )
+    parser.add_argument(
+        "--code-packing",
+        default=None,
+        help="ternary: 2bit (4 trits per byte) or base3 (5 per byte); default the model's own, else 2bit",
+    )
+
+
+#: Values of ``footprint --method``.
+METHODS = ("binarymos", "ternary")
+
+#: Flags of ``footprint`` that only one method takes, with the config field each sets.
+_METHOD_FLAGS = {
+    "binarymos": {"num_experts": "--num-experts"},
+    "ternary": {"group_size": "--group-size", "code_packing": "--code-packing"},
+}
+
+
+def _footprint_quantization(args: argparse.Namespace, own):
+    """The quantization config ``footprint`` accounts for: ``own`` (the checkpoint's, or ``None``) with the
+    command-line choices applied; ``None`` when nothing is asked beyond ``own``."""
+    from .config import QUANT_METHOD, BinaryMoSConfig
+    from .ternary_config import TERNARY_QUANT_METHOD, TernaryConfig
+
+    quant_methods = {"binarymos": QUANT_METHOD, "ternary": TERNARY_QUANT_METHOD}
+    given = {
+        method: {field: getattr(args, field) for field in flags} for method, flags in _METHOD_FLAGS.items()
+    }
+    given = {method: {k: v for k, v in fields.items() if v is not None} for method, fields in given.items()}
+    own_method = next(
+        (name for name, quant in quant_methods.items() if getattr(own, "quant_method", None) == quant), None
+    )
+    asked = [name for name, fields in given.items() if fields]  # a method's own flags choose it
+    method = args.method or (asked[0] if len(asked) == 1 else None) or own_method or "binarymos"
+    for other, fields in given.items():
+        if other != method and fields:
+            flags = ", ".join(_METHOD_FLAGS[other][field] for field in fields)
+            raise CommandError(f"--method {method} takes no {flags} (that is for --method {other})")
+    if method == own_method and not given[method]:
+        return None
+    config_class = TernaryConfig if method == "ternary" else BinaryMoSConfig
+    # The checkpoint's other settings (modules kept in float...) still hold when only some flags change.
+    kept = own.to_dict() if method == own_method else {}
+    try:
+        return config_class(**{**kept, **given[method]})
+    except ValueError as error:
+        raise CommandError(str(error)) from error
 
 
 def _footprint(args: argparse.Namespace) -> int:
@@ -187,20 +245,13 @@ def _footprint(args: argparse.Namespace) -> int:
 
     import optimum_binarymos  # noqa: F401
 
-    from .config import BinaryMoSConfig
-    from .footprint import estimate_footprint
+    from .footprint import config_quantization, estimate_footprint
 
     try:
         config = AutoConfig.from_pretrained(args.model)
     except (OSError, ValueError) as error:
         raise CommandError(f"cannot read a model config from {args.model!r}: {error}") from error
-    quantization = None
-    if args.num_experts is not None:
-        try:
-            quantization = BinaryMoSConfig(num_experts=args.num_experts)
-        except ValueError as error:
-            raise CommandError(str(error)) from error
-    print(estimate_footprint(config, quantization))
+    print(estimate_footprint(config, _footprint_quantization(args, config_quantization(config))))
     return 0
 
 
@@ -208,7 +259,7 @@ def _footprint(args: argparse.Namespace) -> int:
 
 
 def _card_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("model", help="BinaryMoS model folder or Hub id")
+    parser.add_argument("model", help="BinaryMoS or ternary model folder or Hub id")
     parser.add_argument(
         "--model-id", default=None, help="repo id the card names (default: the model argument)"
     )
@@ -228,7 +279,7 @@ def _card(args: argparse.Namespace) -> int:
 
 
 def _push_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("model", help="BinaryMoS model folder (packed or latent)")
+    parser.add_argument("model", help="BinaryMoS or ternary model folder (packed or latent)")
     parser.add_argument("repo_id", help="Hub repository to push to, e.g. me/smollm2-binarymos")
     parser.add_argument("--private", action="store_true")
     parser.add_argument("--revision", default=None, help="branch to push to")
@@ -284,8 +335,8 @@ COMMANDS: tuple[Command, ...] = (
     Command(
         "footprint", "fp16 vs packed size of a model, from its config only", _footprint_arguments, _footprint
     ),
-    Command("card", "render the model card of a BinaryMoS model", _card_arguments, _card),
-    Command("push", "push a BinaryMoS model and its card to the Hub", _push_arguments, _push),
+    Command("card", "render the model card of a BinaryMoS or ternary model", _card_arguments, _card),
+    Command("push", "push a BinaryMoS or ternary model and its card to the Hub", _push_arguments, _push),
 )
 
 
