@@ -17,7 +17,9 @@ from optimum_binarymos.experiment import (
     evaluate_perplexity,
     quantization_config,
     sotu_data,
+    spread_experts,
     token_scale_samples,
+    token_spread,
 )
 from optimum_binarymos.nn import BinaryMoSLinear, TernaryLinear
 
@@ -120,23 +122,41 @@ def test_short_run_of_each_method(method: str, float_checkpoint, tmp_path: Path)
 def test_token_scales_are_fixed_for_onebit_and_mixed_per_token_for_binarymos(float_checkpoint) -> None:
     folder = float_checkpoint("llama")
     input_ids = torch.randint(1, VOCAB, (1, 12))
+    name = "model.layers.0.self_attn.o_proj"
     onebit = build_student(folder, "onebit")
-    scales = token_scale_samples(onebit, input_ids, "model.layers.0.self_attn.o_proj", channel=3)
-    assert scales["scale_in"].shape == scales["scale_out"].shape == (12,)
-    assert torch.unique(scales["scale_in"]).numel() == 1
+    scales = token_scale_samples(onebit, input_ids, name)
+    layer = onebit.get_submodule(name)
+    assert scales["scale_in"].shape == (12, layer.in_features)
+    assert scales["scale_out"].shape == (12, layer.out_features)
+    assert torch.equal(token_spread(scales["scale_in"]), torch.zeros(layer.in_features))
 
+    # SVID starts every expert equal: the mix is the same for every token until the experts differ.
     mos = build_student(folder, "binarymos", num_experts=4)
-    layer = mos.get_submodule("model.layers.0.self_attn.o_proj")
-    with torch.no_grad():  # experts start identical; make them differ as training does
-        layer.scale_in.mul_(torch.linspace(0.5, 2.0, 4).unsqueeze(1))
-        layer.scale_out.mul_(torch.linspace(2.0, 0.5, 4).unsqueeze(1))
-    scales = token_scale_samples(mos, input_ids, "model.layers.0.self_attn.o_proj", channel=3)
-    assert torch.unique(scales["scale_in"]).numel() > 1
-    assert torch.unique(scales["scale_out"]).numel() > 1
+    assert token_spread(token_scale_samples(mos, input_ids, name)["scale_out"]).max() < 1e-6
+    spread = build_student(folder, "binarymos", num_experts=4, expert_spread=0.2)
+    scales = token_scale_samples(spread, input_ids, name)
+    assert token_spread(scales["scale_in"]).min() > 0
+    assert token_spread(scales["scale_out"]).min() > 0
     # The recorded scale is the gate-weighted mix for that token.
+    layer = spread.get_submodule(name)
     x = torch.randn(5, layer.in_features)
-    gates = layer.router_gates(x)
-    assert torch.allclose(layer.token_scales(x)[0][:, 3], gates @ layer.scale_in[:, 3], atol=1e-6)
+    assert torch.allclose(layer.token_scales(x)[0], layer.router_gates(x) @ layer.scale_in, atol=1e-6)
 
     with pytest.raises(TypeError, match="not a BinaryMoS layer"):
         token_scale_samples(mos, input_ids, "model.embed_tokens")
+
+
+def test_spread_experts_keeps_the_expert_mean_and_skips_onebit(float_checkpoint) -> None:
+    folder = float_checkpoint("llama")
+    plain = build_student(folder, "binarymos", num_experts=3)
+    spread = build_student(folder, "binarymos", num_experts=3)
+    assert spread_experts(spread, 0.1, seed=1) == 14  # 7 linears x 2 layers
+    for name, module in spread.named_modules():
+        if isinstance(module, BinaryMoSLinear):
+            original = plain.get_submodule(name)
+            assert not torch.equal(module.scale_in, original.scale_in)
+            torch.testing.assert_close(module.scale_in.mean(0), original.scale_in.mean(0))
+            torch.testing.assert_close(module.scale_out.mean(0), original.scale_out.mean(0))
+    assert spread_experts(build_student(folder, "onebit"), 0.1) == 0
+    with pytest.raises(ValueError, match="spread"):
+        spread_experts(spread, -1.0)

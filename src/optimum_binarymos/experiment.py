@@ -41,7 +41,9 @@ __all__ = [
     "evaluate_perplexity",
     "quantization_config",
     "sotu_data",
+    "spread_experts",
     "token_scale_samples",
+    "token_spread",
 ]
 
 #: The compared methods: OneBit is BinaryMoS with one scaling expert; ternary is TernaryLLM's DLT.
@@ -127,14 +129,46 @@ def build_student(
     num_experts: int = 4,
     dtype: torch.dtype = torch.float32,
     seed: int = 0,
+    expert_spread: float = 0.0,
 ) -> nn.Module:
     """Load the float checkpoint ``model_dir`` converted on the fly into a trainable ``method`` student.
 
-    ``seed`` fixes the random router initialization, so runs repeat.
+    ``seed`` fixes the random router initialization, so runs repeat; ``expert_spread > 0`` applies
+    :func:`spread_experts` to a BinaryMoS student.
     """
     torch.manual_seed(seed)
     config = quantization_config(method, num_experts)
-    return AutoModelForCausalLM.from_pretrained(model_dir, quantization_config=config, dtype=dtype)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, quantization_config=config, dtype=dtype)
+    if expert_spread:
+        spread_experts(model, expert_spread, seed)
+    return model
+
+
+@torch.no_grad()
+def spread_experts(model: nn.Module, spread: float, seed: int = 0) -> int:
+    """Make the scaling experts of every BinaryMoS layer differ, keeping their mean at the SVID scales.
+
+    SVID starts all experts equal, and AdamW then moves them almost equally (its update barely depends on the
+    gradient's size, and each expert's gradient is the same signal weighted by its gate), so at small budgets
+    the experts stay nearly identical and BinaryMoS behaves like OneBit. This multiplies expert ``e`` of each
+    scale by ``1 + spread * z[e]`` with ``z`` standard normal per channel and centered over the experts: a
+    uniform mix of the experts still gives the SVID scales. Not part of the paper's recipe.
+
+    Returns:
+        The number of layers changed (layers with one expert are left alone).
+    """
+    if spread < 0:
+        raise ValueError(f"spread must be >= 0, got {spread!r}")
+    generator = torch.Generator().manual_seed(seed)
+    changed = 0
+    for module in model.modules():
+        if isinstance(module, BinaryMoSLinear) and module.num_experts > 1:
+            for scale in (module.scale_in, module.scale_out):
+                noise = torch.randn(scale.shape, generator=generator)
+                noise -= noise.mean(dim=0, keepdim=True)
+                scale.mul_((1 + spread * noise).to(scale.dtype))
+            changed += 1
+    return changed
 
 
 @dataclass
@@ -236,16 +270,16 @@ def evaluate_perplexity(
 
 @torch.no_grad()
 def token_scale_samples(
-    model: nn.Module, input_ids: torch.Tensor, layer_name: str, channel: int = 0
+    model: nn.Module, input_ids: torch.Tensor, layer_name: str
 ) -> dict[str, torch.Tensor]:
     """The effective input and output scales one BinaryMoS layer applies to each token.
 
-    Runs ``model`` on ``input_ids`` ``(batch, seq)`` and records, for the layer named ``layer_name``, the
-    scale of input channel ``channel`` and of output channel ``channel`` for every token: with one expert
-    (OneBit) they are the same for all tokens, with several the router mixes them per token.
+    Runs ``model`` on ``input_ids`` ``(batch, seq)`` and records, for the layer named ``layer_name``, the scale of
+    every channel for every token: with one expert (OneBit) each column is constant, with several the router
+    mixes the experts per token.
 
     Returns:
-        ``{"scale_in": FloatTensor (batch * seq,), "scale_out": FloatTensor (batch * seq,)}``.
+        ``{"scale_in": FloatTensor (batch * seq, in_features), "scale_out": FloatTensor (batch * seq, out_features)}``.
     """
     layer = model.get_submodule(layer_name)
     if not isinstance(layer, (BinaryMoSLinear, PackedBinaryMoSLinear)):
@@ -256,8 +290,8 @@ def token_scale_samples(
         x = args[0].reshape(-1, args[0].shape[-1])
         scale_in, scale_out = layer.token_scales(x)
         tokens = x.shape[0]
-        captured["scale_in"] = scale_in[..., channel].float().expand(tokens).clone()
-        captured["scale_out"] = scale_out[..., channel].float().expand(tokens).clone()
+        captured["scale_in"] = scale_in.float().expand(tokens, layer.in_features).clone()
+        captured["scale_out"] = scale_out.float().expand(tokens, layer.out_features).clone()
 
     handle = layer.register_forward_pre_hook(record)
     was_training = model.training
@@ -268,3 +302,11 @@ def token_scale_samples(
         handle.remove()
         model.train(was_training)
     return captured
+
+
+def token_spread(scales: torch.Tensor) -> torch.Tensor:
+    """Per channel, the standard deviation over tokens relative to the mean: ``(tokens, channels) -> (channels,)``.
+
+    Zero for OneBit's static scales; how far BinaryMoS's router makes each channel's scale vary across tokens.
+    """
+    return scales.std(dim=0, unbiased=False) / scales.mean(dim=0).abs().clamp_min(1e-12)
