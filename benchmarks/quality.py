@@ -350,8 +350,10 @@ def write_card(results: dict, args: argparse.Namespace, model: torch.nn.Module |
     card += (
         "\n## Compared at the same distillation budget\n\n"
         f"From `benchmarks/quality.py` ({results['budget']['tokens']:,} training tokens per method; see "
-        "`benchmarks/results/quality-cpu.md` for the command, machine and date). This is a very small budget: the "
-        "paper trains on about 1.5 billion tokens.\n\n" + table(results) + "\n"
+        f"`benchmarks/results/quality-{args.tag}.md` for the command, machine and date). This is a very small budget: the "
+        "paper distills for 3 epochs over a C4 shard and WikiText-2, hundreds of millions of tokens.\n\n"
+        + table(results)
+        + "\n"
     )
     args.cards_dir.mkdir(parents=True, exist_ok=True)
     path = args.cards_dir / CARD_NAME
