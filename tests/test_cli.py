@@ -35,6 +35,18 @@ def test_quantize_writes_packed_or_latent_models(tiny_folder, tmp_path, capsys):
     assert "saved latent BinaryMoS model" in capsys.readouterr().out
 
 
+def test_quantize_ternary(tiny_folder, tmp_path, capsys):
+    from optimum_binarymos.nn import PackedTernaryLinear
+
+    arguments = ["--method", "ternary", "--group-size", "32", "--code-packing", "base3"]
+    assert main(["quantize", str(tiny_folder), str(tmp_path / "ternary"), *arguments]) == 0
+    assert "saved packed ternary model (groups of 32, base3 codes)" in capsys.readouterr().out
+    ternary = AutoModelForCausalLM.from_pretrained(tmp_path / "ternary")
+    layers = [m for m in ternary.modules() if isinstance(m, PackedTernaryLinear)]
+    assert layers and ternary.config.quantization_config.code_packing == "base3"
+    assert "ternary" in (tmp_path / "ternary" / "README.md").read_text()
+
+
 def test_footprint_card_and_evaluate(tiny_folder, tmp_path, capsys):
     assert main(["quantize", str(tiny_folder), str(tmp_path / "packed")]) == 0
     assert main(["footprint", str(tiny_folder), "--num-experts", "1"]) == 0

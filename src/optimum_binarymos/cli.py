@@ -65,8 +65,20 @@ def _load_tokenizer(path: str):
 
 def _quantize_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model", help="float causal LM: Hub id or local folder")
-    parser.add_argument("output_dir", help="folder to write the BinaryMoS model to")
+    parser.add_argument("output_dir", help="folder to write the BinaryMoS (or ternary) model to")
+    parser.add_argument(
+        "--method",
+        choices=("binarymos", "ternary"),
+        default="binarymos",
+        help="binarymos: 1-bit signs with a mixture of scales; ternary: TernaryLLM's DLT (1.58 bits)",
+    )
     parser.add_argument("--num-experts", type=int, default=4, help="scaling experts per layer (1 = OneBit)")
+    parser.add_argument(
+        "--group-size", type=int, default=128, help="ternary: input columns per scale/shift group"
+    )
+    parser.add_argument(
+        "--code-packing", choices=("2bit", "base3"), default="2bit", help="ternary: how trits are stored"
+    )
     parser.add_argument(
         "--modules-to-not-convert", nargs="*", default=None, help="extra modules to keep in float"
     )
@@ -84,11 +96,21 @@ def _quantize_arguments(parser: argparse.ArgumentParser) -> None:
 def _quantize(args: argparse.Namespace) -> int:
     from .config import BinaryMoSConfig
     from .quantizer import latent_saving
+    from .ternary_config import TernaryConfig
 
     try:
-        config = BinaryMoSConfig(
-            num_experts=args.num_experts, modules_to_not_convert=args.modules_to_not_convert
-        )
+        if args.method == "ternary":
+            config = TernaryConfig(
+                group_size=args.group_size,
+                code_packing=args.code_packing,
+                modules_to_not_convert=args.modules_to_not_convert,
+            )
+            description = f"ternary model (groups of {args.group_size}, {args.code_packing} codes)"
+        else:
+            config = BinaryMoSConfig(
+                num_experts=args.num_experts, modules_to_not_convert=args.modules_to_not_convert
+            )
+            description = f"BinaryMoS model ({args.num_experts} experts)"
     except ValueError as error:
         raise CommandError(str(error)) from error
     model = _load_model(args.model, args.dtype, quantization_config=config)
@@ -100,7 +122,7 @@ def _quantize(args: argparse.Namespace) -> int:
     tokenizer = _load_tokenizer(args.model)
     if tokenizer is not None:
         tokenizer.save_pretrained(args.output_dir)
-    print(f"saved {args.form} BinaryMoS model ({args.num_experts} experts) to {args.output_dir}")
+    print(f"saved {args.form} {description} to {args.output_dir}")
     return 0
 
 
@@ -326,7 +348,10 @@ def _distill(args: argparse.Namespace) -> int:
 
 COMMANDS: tuple[Command, ...] = (
     Command(
-        "quantize", "convert a float model to BinaryMoS (packed or latent)", _quantize_arguments, _quantize
+        "quantize",
+        "convert a float model to BinaryMoS or ternary (packed or latent)",
+        _quantize_arguments,
+        _quantize,
     ),
     Command("distill", "distill a float model into its BinaryMoS version", _distill_arguments, _distill),
     Command(
