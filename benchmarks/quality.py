@@ -125,9 +125,9 @@ def scale_summary(scales: dict[str, torch.Tensor]) -> dict[str, list[float]]:
     return summary
 
 
-def packed_bytes(model: torch.nn.Module) -> int:
-    """Bytes of the model's safetensors when saved packed in bfloat16 (the model is cast in place)."""
-    model.to(torch.bfloat16)
+def saved_bytes(model: torch.nn.Module, dtype: torch.dtype) -> int:
+    """Bytes of the model's safetensors when saved in ``dtype`` (packed for a quantized model; cast in place)."""
+    model.to(dtype)
     with tempfile.TemporaryDirectory() as folder:
         model.save_pretrained(folder)
         return folder_size_bytes(folder)
@@ -154,10 +154,9 @@ def run(args: argparse.Namespace) -> tuple[dict, torch.nn.Module | None]:
     teacher = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
     results: dict = {"budget": budget.as_dict(), "expert_spread": args.expert_spread, "methods": {}}
     binarymos_model = None
+    # A separate copy: casting the teacher to float16 and back would round its weights.
     float16 = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float16)
-    with tempfile.TemporaryDirectory() as folder:
-        float16.save_pretrained(folder)
-        float16_bytes = folder_size_bytes(folder)
+    float16_bytes = saved_bytes(float16, torch.float16)
     del float16
     results["float"] = {"ppl": evaluate(teacher), "bytes_fp16": float16_bytes}
     print(f"float: ppl {results['float']['ppl']:.2f}", flush=True)
@@ -185,7 +184,7 @@ def run(args: argparse.Namespace) -> tuple[dict, torch.nn.Module | None]:
         ]
         if method != "ternary":
             entry["token_scales"] = scale_summary(token_scale_samples(student, scale_ids, args.scale_layer))
-        entry["bytes"] = packed_bytes(student)
+        entry["bytes"] = saved_bytes(student, torch.bfloat16)
         results["methods"][method] = entry
         print(
             f"{method}: ppl {entry['ppl_init']:.4g} -> {entry['ppl']:.4g} in {entry['train_seconds']:.0f} s, "
