@@ -14,10 +14,13 @@ takes the torch path for other group sizes.
 
 from __future__ import annotations
 
+from functools import partial
+
 import torch
 import torch.nn.functional as F
 
 from ..packing import unpack_ternary
+from ..recompute import linear_recomputing_weight
 from .dispatch import BACKEND_VARIABLE, requested_backend, select_backend
 
 #: The Triton kernel tiles each group by at least 16 columns (the smallest ``tl.dot`` tile).
@@ -92,11 +95,32 @@ def ternary_matmul_torch(
     ``alpha`` is folded into the trits (``alpha * T`` is exact in any float dtype since ``T`` is -1, 0 or 1), so
     the scale part is one matmul; the shift part is the group sums of ``x`` times ``gamma``, in float32.
     """
-    out_features, groups = scale.shape
+    groups = scale.shape[1]
     padding = groups * group_size - in_features
-    trits = unpack_ternary(codes, in_features, code_packing, dtype=x.dtype)
-    grouped = F.pad(trits, (0, padding)).view(out_features, groups, group_size)
-    scaled = (grouped * scale.to(x.dtype).unsqueeze(-1)).flatten(1)[:, :in_features]
-    y = x @ scaled.T
+    make_weight = partial(
+        _scaled_trits,
+        in_features=in_features,
+        group_size=group_size,
+        code_packing=code_packing,
+        dtype=x.dtype,
+    )
+    # Under autograd (adapters over a packed model) the dense alpha * T is made again in backward, not kept.
+    y = linear_recomputing_weight(x, make_weight, codes, scale)
     group_sums = F.pad(x, (0, padding)).view(x.shape[0], groups, group_size).float().sum(-1)  # (M, G)
     return (y.float() + group_sums @ shift.float().T).to(x.dtype)
+
+
+def _scaled_trits(
+    codes: torch.Tensor,
+    scale: torch.Tensor,
+    in_features: int,
+    group_size: int,
+    code_packing: str,
+    dtype: torch.dtype,
+) -> torch.Tensor:
+    """``alpha * T`` ``(N, K)`` in ``dtype`` from packed codes and the per-group ``(N, G)`` scale."""
+    out_features, groups = scale.shape
+    padding = groups * group_size - in_features
+    trits = unpack_ternary(codes, in_features, code_packing, dtype=dtype)
+    grouped = F.pad(trits, (0, padding)).view(out_features, groups, group_size)
+    return (grouped * scale.to(dtype).unsqueeze(-1)).flatten(1)[:, :in_features]

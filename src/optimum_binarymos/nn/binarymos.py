@@ -14,14 +14,21 @@ or bits packed by :mod:`optimum_binarymos.packing`.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from functools import partial
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ..packing import PACKED_DTYPE, pack_signs, packed_columns, unpack_signs
+from ..recompute import linear_recomputing_weight
 from .ste import binarize_ste
 from .svid import DEFAULT_SVID_ITERATIONS, svid_rank1
+
+
+def _latent_signs(weight: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    return binarize_ste(weight).to(dtype)
 
 
 class _MixtureOfScalesMixin(nn.Module):
@@ -74,15 +81,25 @@ class _MixtureOfScalesMixin(nn.Module):
         gates = gates.to(self.scale_in.dtype)
         return gates @ self.scale_in, gates @ self.scale_out
 
+    def sign_recipe(self, dtype: torch.dtype) -> tuple[Callable[..., torch.Tensor], tuple[torch.Tensor, ...]]:
+        """A function and the tensors it takes that make ``sign(W)`` ``(out_features, in_features)`` in ``dtype``.
+
+        Forward calls it once, and backward once more instead of keeping the dense signs
+        (:func:`~optimum_binarymos.recompute.linear_recomputing_weight`).
+        """
+        raise NotImplementedError
+
     def signs(self, dtype: torch.dtype) -> torch.Tensor:
         """``(out_features, in_features)`` tensor of ``+1``/``-1`` in ``dtype``."""
-        raise NotImplementedError
+        make_signs, inputs = self.sign_recipe(dtype)
+        return make_signs(*inputs)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         scale_in, scale_out = self.token_scales(x)
         # Scales may be stored in a narrower dtype than the activations; compute in the activations' dtype.
         scaled = x * scale_in.to(x.dtype)
-        y = F.linear(scaled, self.signs(scaled.dtype)) * scale_out.to(x.dtype)
+        make_signs, sign_inputs = self.sign_recipe(scaled.dtype)
+        y = linear_recomputing_weight(scaled, make_signs, *sign_inputs) * scale_out.to(x.dtype)
         if self.bias is not None:
             y = y + self.bias.to(y.dtype)
         return y
@@ -148,8 +165,8 @@ class BinaryMoSLinear(_MixtureOfScalesMixin):
             self.bias.copy_(bias)
         self.reset_router()
 
-    def signs(self, dtype: torch.dtype) -> torch.Tensor:
-        return binarize_ste(self.weight).to(dtype)
+    def sign_recipe(self, dtype: torch.dtype) -> tuple[Callable[..., torch.Tensor], tuple[torch.Tensor, ...]]:
+        return partial(_latent_signs, dtype=dtype), (self.weight,)
 
 
 class PackedBinaryMoSLinear(_MixtureOfScalesMixin):
@@ -199,8 +216,8 @@ class PackedBinaryMoSLinear(_MixtureOfScalesMixin):
                 getattr(packed, name).copy_(source)
         return packed.requires_grad_(False)
 
-    def signs(self, dtype: torch.dtype) -> torch.Tensor:
-        return unpack_signs(self.weight, self.in_features, dtype)
+    def sign_recipe(self, dtype: torch.dtype) -> tuple[Callable[..., torch.Tensor], tuple[torch.Tensor, ...]]:
+        return partial(unpack_signs, in_features=self.in_features, dtype=dtype), (self.weight,)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``(..., in)`` -> ``(..., out)`` with the packed kernels of :mod:`optimum_binarymos.kernels` (Triton on

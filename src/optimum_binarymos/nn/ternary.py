@@ -15,6 +15,8 @@ The latent form trains ``W``, ``alpha`` and ``gamma``; the packed form stores ``
 
 from __future__ import annotations
 
+from functools import partial
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -31,6 +33,7 @@ from ..packing import (
     ternary_packed_columns,
     unpack_ternary,
 )
+from ..recompute import linear_recomputing_weight
 
 #: Default number of input columns per group.
 DEFAULT_GROUP_SIZE = 128
@@ -91,6 +94,12 @@ def ternarize_ste(
     """``alpha * T + gamma`` of a ``(out, in)`` weight with per-group ``(out, groups)`` scale/shift, in
     ``weight``'s dtype, differentiable in all three (gradients in :class:`_DualTernarize`)."""
     return _DualTernarize.apply(weight, scale, shift, group_size)
+
+
+def _ternarized_weight(
+    weight: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor, group_size: int, dtype: torch.dtype
+) -> torch.Tensor:
+    return ternarize_ste(weight, scale, shift, group_size).to(dtype)
 
 
 @torch.no_grad()
@@ -240,8 +249,12 @@ class TernaryLinear(_GroupedTernaryMixin):
         return ternarize(self.weight, self.weight_scale, self.weight_shift, self.group_size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        bias = self.bias.to(x.dtype) if self.bias is not None else None
-        return F.linear(x, self.quantized_weight().to(x.dtype), bias)
+        # The dense W_q is made again in backward rather than kept from forward to backward.
+        make_weight = partial(_ternarized_weight, group_size=self.group_size, dtype=x.dtype)
+        y = linear_recomputing_weight(x, make_weight, self.weight, self.weight_scale, self.weight_shift)
+        if self.bias is not None:
+            y = y + self.bias.to(y.dtype)
+        return y
 
 
 class PackedTernaryLinear(_GroupedTernaryMixin):

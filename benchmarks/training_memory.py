@@ -1,0 +1,180 @@
+"""Memory autograd holds from forward to backward in one distillation step, and the step's time: the layers as
+they are (each dense quantized weight made again in backward) against plain autograd (which keeps it).
+
+Plain autograd on ``F.linear(x, quantize(W))`` keeps the dense ``sign(W)`` (or ``alpha * T + gamma``) of every
+layer until backward: one extra dense copy of every decoder weight, the size of the float model. The layers
+instead keep only what the weight is made from (:mod:`optimum_binarymos.recompute`). This script measures, for
+the same students and batch:
+
+* ``held``: bytes of every tensor autograd saved during the student's forward through the distillation loss
+  (``torch.autograd.graph.saved_tensors_hooks``), each storage counted once, parameters and buffers left out
+  (they live anyway) -- the activation memory of the step;
+* ``step``: median time of a whole step (teacher forward, student forward and backward, AdamW), the two forms
+  taking turns so that a slow spell of the machine hits both alike.
+
+Students, all from one random LLaMA teacher (:mod:`distill_step`'s shape): OneBit (BinaryMoS, 1 expert),
+BinaryMoS (4 experts), ternary, and LoRA adapters (r=16) over the packed BinaryMoS model, where plain autograd
+keeps every unpacked sign matrix. The plain form is the same formula with the weight built in forward and handed
+to ``F.linear``, patched in for the run.
+
+Run from the repository root::
+
+    python benchmarks/training_memory.py --output benchmarks/results/training_memory-cpu.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import copy
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from distill_step import build_teacher, interleaved_medians, make_step
+from peft import LoraConfig, get_peft_model
+from torch import nn
+
+import optimum_binarymos.kernels.ternary as ternary_kernels
+import optimum_binarymos.nn.binarymos as binarymos_layers
+import optimum_binarymos.nn.ternary as ternary_layers
+from optimum_binarymos import BinaryMoSConfig, TernaryConfig, convert_model, pack_model
+from optimum_binarymos.distill import DistillationObjective, binarymos_trainable_parameters
+from optimum_binarymos.integrations.peft import lora_target_modules
+
+#: Modules that call :func:`~optimum_binarymos.recompute.linear_recomputing_weight`.
+RECOMPUTING_MODULES = (binarymos_layers, ternary_layers, ternary_kernels)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--hidden-size", type=int, default=512)
+    parser.add_argument("--intermediate-size", type=int, default=1376)
+    parser.add_argument("--layers", type=int, default=4)
+    parser.add_argument("--heads", type=int, default=8)
+    parser.add_argument("--vocab-size", type=int, default=8192)
+    parser.add_argument("--seq-len", type=int, default=256)
+    parser.add_argument("--batch-size", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=5, help="timed steps per student and form")
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--output", type=Path, default=None, help="also write the markdown table here")
+    return parser.parse_args(argv)
+
+
+def plain_linear(
+    x: torch.Tensor, make_weight: Callable[..., torch.Tensor], *inputs: torch.Tensor
+) -> torch.Tensor:
+    return F.linear(x, make_weight(*inputs).to(x.dtype))
+
+
+@contextlib.contextmanager
+def plain_autograd() -> Iterator[None]:
+    """The layers with their quantized weights built in forward and kept by autograd."""
+    originals = [module.linear_recomputing_weight for module in RECOMPUTING_MODULES]
+    for module in RECOMPUTING_MODULES:
+        module.linear_recomputing_weight = plain_linear
+    try:
+        yield
+    finally:
+        for module, original in zip(RECOMPUTING_MODULES, originals, strict=True):
+            module.linear_recomputing_weight = original
+
+
+def held_bytes(student: nn.Module, teacher: nn.Module, batch: dict, objective: DistillationObjective) -> int:
+    """Bytes saved for backward by the student's forward through the loss (parameters and buffers left out)."""
+    resident = {tensor.untyped_storage().data_ptr() for tensor in [*student.parameters(), *student.buffers()]}
+    # Holding the storages until counted keeps a freed address from being reused by a later one.
+    storages: dict[int, torch.UntypedStorage] = {}
+
+    def count(tensor: torch.Tensor) -> torch.Tensor:
+        storage = tensor.untyped_storage()
+        if storage.data_ptr() not in resident:
+            storages[storage.data_ptr()] = storage
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(count, lambda tensor: tensor):
+        loss, _, _ = objective(student, teacher, batch)
+    loss.backward()
+    student.zero_grad(set_to_none=True)
+    return sum(storage.nbytes() for storage in storages.values())
+
+
+def students(teacher: nn.Module) -> dict[str, nn.Module]:
+    built = {}
+    for name, config in (
+        ("OneBit (1 expert)", BinaryMoSConfig(num_experts=1)),
+        ("BinaryMoS (4 experts)", BinaryMoSConfig(num_experts=4)),
+        ("ternary (group 128)", TernaryConfig()),
+    ):
+        student = convert_model(copy.deepcopy(teacher), config).train()
+        binarymos_trainable_parameters(student)
+        built[name] = student
+    packed = pack_model(copy.deepcopy(built["BinaryMoS (4 experts)"])).requires_grad_(False)
+    lora = LoraConfig(r=16, lora_alpha=32, target_modules=lora_target_modules(packed))
+    built["LoRA r=16 over packed BinaryMoS"] = get_peft_model(packed, lora).train()
+    return built
+
+
+def dense_weight_bytes(teacher: nn.Module) -> int:
+    """Bytes of the decoder linears' weights in the teacher's dtype: what plain autograd keeps on top."""
+    return sum(
+        module.weight.numel() * module.weight.element_size()
+        for name, module in teacher.named_modules()
+        if isinstance(module, nn.Linear) and "lm_head" not in name
+    )
+
+
+def main(argv: list[str] | None = None) -> str:
+    args = parse_args(argv)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    teacher = build_teacher(args)
+    generator = torch.Generator().manual_seed(args.seed)
+    batch = {
+        "input_ids": torch.randint(0, args.vocab_size, (args.batch_size, args.seq_len), generator=generator)
+    }
+    objective = DistillationObjective(
+        logits_weight=1.0, hidden_weight=10.0, hidden_loss="mse", hidden_layers=tuple(range(args.layers))
+    )
+    mib = 2**20
+    lines = [
+        f"LLaMA shape: hidden {args.hidden_size}, intermediate {args.intermediate_size}, {args.layers} layers, "
+        f"vocabulary {args.vocab_size}; batch {args.batch_size} x {args.seq_len} tokens; float32, "
+        f"{torch.get_num_threads()} threads; KL + 10 x MSE on every layer; median of {args.repeats} steps. "
+        f"Dense decoder weights: {dense_weight_bytes(teacher) / mib:.1f} MiB.",
+        "",
+        "| student | held, plain autograd (MiB) | held, recomputed (MiB) | held: recomputed / plain "
+        "| step, plain (ms) | step, recomputed (ms) | step: recomputed / plain |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name, student in students(teacher).items():
+        with plain_autograd():
+            plain_held = held_bytes(student, teacher, batch, objective)
+        held = held_bytes(student, teacher, batch, objective)
+        step = make_step(student, teacher, batch, objective)
+
+        def plain_step(step: Callable[[], None] = step) -> None:
+            with plain_autograd():
+                step()
+
+        plain_time, time = interleaved_medians([plain_step, step], args.repeats, args.warmup)
+        lines.append(
+            f"| {name} | {plain_held / mib:.1f} | {held / mib:.1f} | {held / plain_held:.3f} "
+            f"| {1000 * plain_time:.0f} | {1000 * time:.0f} | {time / plain_time:.3f} |"
+        )
+        print(lines[-1], flush=True)
+    table = "\n".join(lines)
+    print(table)
+    if args.output is not None:
+        args.output.parent.mkdir(parents=True, exist_ok=True)
+        args.output.write_text(table + "\n")
+    return table
+
+
+if __name__ == "__main__":
+    main()
