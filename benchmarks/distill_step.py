@@ -34,6 +34,7 @@ from transformers import AutoModelForCausalLM
 from optimum_binarymos import BinaryMoSConfig, BinaryMoSLinear, convert_model
 from optimum_binarymos.distill import DistillationObjective, binarymos_trainable_parameters
 from optimum_binarymos.distill.hidden import decoder_layers
+from optimum_binarymos.recompute import keep_quantized_weights
 
 #: Goals: BinaryMoS step time over the float student's, and over OneBit's.
 GOALS = {"float": 1.3, "onebit": 1.1}
@@ -56,6 +57,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--profile", action="store_true", help="also profile a BinaryMoS step and one linear")
+    parser.add_argument(
+        "--keep-quantized-weights",
+        action="store_true",
+        help="run under optimum_binarymos.recompute.keep_quantized_weights (faster, one more dense weight copy)",
+    )
     parser.add_argument("--output", type=Path, default=None, help="also write the markdown table here")
     return parser.parse_args(argv)
 
@@ -152,6 +158,13 @@ def profile(step: Callable[[], None], linear_shapes: list[tuple[int, int]], toke
 
 def main(argv: list[str] | None = None) -> str:
     args = parse_args(argv)
+    if args.keep_quantized_weights:
+        with keep_quantized_weights():
+            return run(args)
+    return run(args)
+
+
+def run(args: argparse.Namespace) -> str:
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     teacher = build_teacher(args)
@@ -174,7 +187,8 @@ def main(argv: list[str] | None = None) -> str:
     title = (
         f"LLaMA shape: hidden {args.hidden_size}, intermediate {args.intermediate_size}, {args.layers} layers, "
         f"{args.heads} heads, vocabulary {args.vocab_size}; batch {args.batch_size} x {args.seq_len} tokens; "
-        f"float32, {torch.get_num_threads()} threads; median of {args.repeats} steps"
+        f"float32, {torch.get_num_threads()} threads; median of {args.repeats} steps; quantized weights "
+        f"{'kept for' if args.keep_quantized_weights else 'made again in'} backward"
     )
     lines = [
         title,

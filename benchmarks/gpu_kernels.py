@@ -1,12 +1,19 @@
 """Triton kernels of the packed BinaryMoS linear against ``F.linear`` on a GPU, by number of tokens.
 
-For each weight shape, activation dtype and number of tokens ``M``, times with ``triton.testing.do_bench``
-(median of its repetitions, CUDA events, L2 flushed between calls):
+For each weight shape, activation dtype and number of tokens ``M``, times each variant over a rotation of
+independent weight copies whose total is at least twice the L2 cache, so that every call reads its weights from
+DRAM like successive layers of a model (one packed 4096 x 11008 weight is 5.6 MB and would otherwise sit in
+L2), and reports the time per call:
 
 * ``dense``: ``F.linear(x, W)`` with a dense ``(N, K)`` weight in the activations' dtype;
 * ``packed``: :func:`optimum_binarymos.kernels.binarymos_linear` on the Triton backend, router gates given
   (the kernel alone), with the strategy the dispatcher picks; ``--strategies`` adds each strategy forced;
 * ``layer``: a whole ``PackedBinaryMoSLinear`` forward, router included.
+
+``--timing graph`` (the default) replays the rotation from a CUDA graph (``triton.testing.do_bench_cudagraph``),
+as a decoder served with CUDA graphs runs: at one token a kernel lasts about as long as launching it from
+Python, so eager timing would measure the launch path. ``--timing eager`` times plain calls with
+``triton.testing.do_bench`` (median, L2 flushed), launch overhead included.
 
 It reports the speedup over dense and the achieved bandwidth (bytes of weights, activations, scales and
 outputs read or written once, over the time) as a fraction of the device's peak (from its memory clock and bus
@@ -43,7 +50,12 @@ TOKENS = [1, 2, 4, 8, 16, 32, 64, 128, 256, 1024]
 #: (in_features K, out_features N) of LLaMA-2-7B's linears: attention, MLP up/gate, MLP down.
 SHAPES = [(4096, 4096), (4096, 11008), (11008, 4096)]
 DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16}
+TIMING_NOTES = {
+    "graph": "`do_bench_cudagraph` means (CUDA-graph replays, no launch overhead)",
+    "eager": "`do_bench` medians (eager calls, launch overhead included)",
+}
 CSV_FIELDS = [
+    "timing",
     "device",
     "dtype",
     "K",
@@ -72,6 +84,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--strategies", action="store_true", help="also time the GEMV and GEMM kernels forced"
     )
+    parser.add_argument(
+        "--timing",
+        choices=["graph", "eager"],
+        default="graph",
+        help="replay from a CUDA graph (kernel time) or time eager calls (launch overhead included)",
+    )
     parser.add_argument("--peak-gbps", type=float, default=None, help="peak memory bandwidth, GB/s")
     parser.add_argument("--device", default="cuda")
     parser.add_argument(
@@ -94,12 +112,21 @@ def peak_bandwidth_gbps(device: torch.device, override: float | None) -> float |
     return 2 * clock_khz * 1e3 * bus_bits / 8 / 1e9
 
 
-def timer(device: torch.device) -> Callable[[Callable[[], object]], float]:
-    """Milliseconds per call: ``do_bench`` (median) on CUDA, a wall-clock median elsewhere (smoke runs)."""
+def timer(device: torch.device, timing: str) -> Callable[[Callable[[], object]], float]:
+    """Milliseconds per call of a function: ``do_bench_cudagraph`` (mean over graph replays) or ``do_bench``
+    (median) on CUDA, a wall-clock median elsewhere (smoke runs). The function is called once first, so that
+    autotuning and compilation happen before any graph is captured."""
     if device.type == "cuda":
-        from triton.testing import do_bench
+        from triton.testing import do_bench, do_bench_cudagraph
 
-        return lambda function: do_bench(function, return_mode="median")
+        def cuda_time(function: Callable[[], object]) -> float:
+            function()
+            torch.cuda.synchronize(device)
+            if timing == "graph":
+                return do_bench_cudagraph(function)
+            return do_bench(function, return_mode="median")
+
+        return cuda_time
 
     def wall_clock(function: Callable[[], object]) -> float:
         function()
@@ -111,6 +138,14 @@ def timer(device: torch.device) -> Callable[[Callable[[], object]], float]:
         return statistics.median(samples) * 1e3
 
     return wall_clock
+
+
+def rotation_length(weight_bytes: int, device: torch.device) -> int:
+    """Number of weight copies whose total is at least twice the device's L2 cache (1 off CUDA)."""
+    if device.type != "cuda":
+        return 1
+    l2_bytes = torch.cuda.get_device_properties(device).L2_cache_size
+    return max(1, -(-2 * l2_bytes // weight_bytes))
 
 
 @torch.no_grad()
@@ -133,30 +168,38 @@ def moved_bytes(m: int, k: int, n: int, experts: int, element: int, packed: bool
 
 
 def calls(
-    x: torch.Tensor, layer: PackedBinaryMoSLinear, dense_weight: torch.Tensor, strategies: bool
-) -> dict[str, Callable[[], object]]:
-    """The variants timed for activations ``x``: dense, the packed kernel (gates given), the whole layer."""
+    x: torch.Tensor,
+    layers: list[PackedBinaryMoSLinear],
+    dense_weights: list[torch.Tensor],
+    strategies: bool,
+) -> dict[str, tuple[int, Callable[[], object]]]:
+    """The variants timed for activations ``x``, each as ``(calls per round, round)``: dense over its weight
+    copies, the packed kernel (gates given) and the whole layer over the packed copies."""
     from optimum_binarymos.kernels.triton import linear as triton_linear
 
-    gates = layer.router_gates(x)
-    operands = (layer.weight, layer.in_features, layer.scale_in, layer.scale_out, gates)
-    variants: dict[str, Callable[[], object]] = {
-        "dense": lambda: F.linear(x, dense_weight),
-        "packed": lambda: binarymos_linear(x, *operands),
-        "layer": lambda: layer(x),
+    operands = [
+        (layer.weight, layer.in_features, layer.scale_in, layer.scale_out, layer.router_gates(x))
+        for layer in layers
+    ]
+    variants: dict[str, tuple[int, Callable[[], object]]] = {
+        "dense": (len(dense_weights), lambda: [F.linear(x, weight) for weight in dense_weights]),
+        "packed": (len(layers), lambda: [binarymos_linear(x, *args) for args in operands]),
+        "layer": (len(layers), lambda: [layer(x) for layer in layers]),
     }
     if strategies:
         for strategy in ("gemv", "gemm"):
-            variants[f"packed {strategy}"] = lambda strategy=strategy: triton_linear.packed_linear(
-                x, *operands, None, strategy=strategy
-            )
+
+            def forced(strategy: str = strategy) -> list[torch.Tensor]:
+                return [triton_linear.packed_linear(x, *args, None, strategy=strategy) for args in operands]
+
+            variants[f"packed {strategy}"] = (len(layers), forced)
     return variants
 
 
 @torch.no_grad()
 def measure(args: argparse.Namespace) -> list[dict]:
     device = torch.device(args.device)
-    bench = timer(device)
+    bench = timer(device, args.timing)
     peak = peak_bandwidth_gbps(device, args.peak_gbps)
     device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu (Triton interpreter)"
     records = []
@@ -164,17 +207,24 @@ def measure(args: argparse.Namespace) -> list[dict]:
         k, n = (int(part) for part in shape.lower().split("x"))
         for dtype_name in args.dtypes:
             dtype = DTYPES[dtype_name]
-            dense_weight = torch.randn(n, k, dtype=dtype, device=device) * 0.02
-            layer = packed_layer(k, n, args.num_experts, dtype, device)
+            dense_weights = [
+                torch.randn(n, k, dtype=dtype, device=device) * 0.02
+                for _ in range(rotation_length(n * k * torch.finfo(dtype).bits // 8, device))
+            ]
+            layers = [
+                packed_layer(k, n, args.num_experts, dtype, device)
+                for _ in range(rotation_length(n * -(-k // 8), device))
+            ]
             for m in args.tokens:
                 x = torch.randn(m, k, dtype=dtype, device=device)
-                variants = calls(x, layer, dense_weight, args.strategies)
-                timings = {name: bench(function) for name, function in variants.items()}
+                variants = calls(x, layers, dense_weights, args.strategies)
+                timings = {name: bench(run) / count for name, (count, run) in variants.items()}
                 for name, ms in timings.items():
                     size = moved_bytes(m, k, n, args.num_experts, x.element_size(), packed=name != "dense")
                     gbps = size / (ms * 1e-3) / 1e9
                     records.append(
                         {
+                            "timing": args.timing if device.type == "cuda" else "wall clock",
                             "device": device_name,
                             "dtype": dtype_name,
                             "K": k,
@@ -200,7 +250,8 @@ def render(args: argparse.Namespace, records: list[dict], peak: float | None) ->
         f"### Packed BinaryMoS Triton kernels vs `F.linear` on {device}, {args.num_experts} experts",
         "",
         f"Peak bandwidth used: {f'{peak:.0f} GB/s' if peak else 'unknown'}; torch {torch.__version__}; "
-        f"{datetime.date.today().isoformat()}; `do_bench` medians.",
+        f"{datetime.date.today().isoformat()}; timing: {TIMING_NOTES[args.timing]}; each call over a rotation of "
+        "weight copies of at least twice the L2 cache.",
         "",
         "| " + " | ".join(header) + " |",
         "|" + "|".join("---" for _ in header) + "|",

@@ -10,12 +10,15 @@ the same students and batch:
   (``torch.autograd.graph.saved_tensors_hooks``), each storage counted once, parameters and buffers left out
   (they live anyway) -- the activation memory of the step;
 * ``step``: median time of a whole step (teacher forward, student forward and backward, AdamW), the two forms
-  taking turns so that a slow spell of the machine hits both alike.
+  taking turns so that a slow spell of the machine hits both alike;
+* one decoder linear alone, forward + backward, in both forms, with the time of one ``sign(W)`` (the extra work
+  of the recomputed form).
 
 Students, all from one random LLaMA teacher (:mod:`distill_step`'s shape): OneBit (BinaryMoS, 1 expert),
 BinaryMoS (4 experts), ternary, and LoRA adapters (r=16) over the packed BinaryMoS model, where plain autograd
-keeps every unpacked sign matrix. The plain form is the same formula with the weight built in forward and handed
-to ``F.linear``, patched in for the run.
+keeps every unpacked sign matrix. The plain form is the layers under
+:func:`~optimum_binarymos.recompute.keep_quantized_weights` (the weight built in forward and handed to
+``F.linear``).
 
 Run from the repository root::
 
@@ -25,26 +28,20 @@ Run from the repository root::
 from __future__ import annotations
 
 import argparse
-import contextlib
 import copy
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from distill_step import build_teacher, interleaved_medians, make_step
 from peft import LoraConfig, get_peft_model
 from torch import nn
 
-import optimum_binarymos.kernels.ternary as ternary_kernels
-import optimum_binarymos.nn.binarymos as binarymos_layers
-import optimum_binarymos.nn.ternary as ternary_layers
-from optimum_binarymos import BinaryMoSConfig, TernaryConfig, convert_model, pack_model
+from optimum_binarymos import BinaryMoSConfig, BinaryMoSLinear, TernaryConfig, convert_model, pack_model
 from optimum_binarymos.distill import DistillationObjective, binarymos_trainable_parameters
 from optimum_binarymos.integrations.peft import lora_target_modules
-
-#: Modules that call :func:`~optimum_binarymos.recompute.linear_recomputing_weight`.
-RECOMPUTING_MODULES = (binarymos_layers, ternary_layers, ternary_kernels)
+from optimum_binarymos.packing import sign_with_ties
+from optimum_binarymos.recompute import keep_quantized_weights
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -64,25 +61,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output", type=Path, default=None, help="also write the markdown table here")
     return parser.parse_args(argv)
-
-
-def plain_linear(
-    x: torch.Tensor, make_weight: Callable[..., torch.Tensor], *inputs: torch.Tensor
-) -> torch.Tensor:
-    return F.linear(x, make_weight(*inputs).to(x.dtype))
-
-
-@contextlib.contextmanager
-def plain_autograd() -> Iterator[None]:
-    """The layers with their quantized weights built in forward and kept by autograd."""
-    originals = [module.linear_recomputing_weight for module in RECOMPUTING_MODULES]
-    for module in RECOMPUTING_MODULES:
-        module.linear_recomputing_weight = plain_linear
-    try:
-        yield
-    finally:
-        for module, original in zip(RECOMPUTING_MODULES, originals, strict=True):
-            module.linear_recomputing_weight = original
 
 
 def held_bytes(student: nn.Module, teacher: nn.Module, batch: dict, objective: DistillationObjective) -> int:
@@ -129,6 +107,37 @@ def dense_weight_bytes(teacher: nn.Module) -> int:
     )
 
 
+def one_linear(shapes: list[tuple[int, int]], tokens: int, repeats: int) -> list[str]:
+    """Forward + backward of one latent BinaryMoS linear (4 experts) alone, plain vs recomputed."""
+    lines = [
+        "",
+        f"One BinaryMoS linear (4 experts), forward + backward, {tokens} tokens, median of {repeats}:",
+        "",
+        "| in x out | plain (ms) | recomputed (ms) | recomputed / plain | sign(W) alone (ms) |",
+        "|---|---|---|---|---|",
+    ]
+    for in_features, out_features in shapes:
+        layer = BinaryMoSLinear.from_float(torch.randn(out_features, in_features), num_experts=4)
+        x = torch.randn(tokens, in_features, requires_grad=True)
+
+        def recomputed(layer: nn.Module = layer, x: torch.Tensor = x) -> None:
+            layer(x).sum().backward()
+
+        def plain(recomputed: Callable[[], None] = recomputed) -> None:
+            with keep_quantized_weights():
+                recomputed()
+
+        weight = layer.weight.detach()
+        times = interleaved_medians(
+            [plain, recomputed, lambda w=weight: sign_with_ties(w)], repeats, warmup=3
+        )
+        lines.append(
+            f"| {in_features} x {out_features} | {1000 * times[0]:.2f} | {1000 * times[1]:.2f} "
+            f"| {times[1] / times[0]:.3f} | {1000 * times[2]:.2f} |"
+        )
+    return lines
+
+
 def main(argv: list[str] | None = None) -> str:
     args = parse_args(argv)
     if args.threads is not None:
@@ -153,13 +162,13 @@ def main(argv: list[str] | None = None) -> str:
         "|---|---|---|---|---|---|---|",
     ]
     for name, student in students(teacher).items():
-        with plain_autograd():
+        with keep_quantized_weights():
             plain_held = held_bytes(student, teacher, batch, objective)
         held = held_bytes(student, teacher, batch, objective)
         step = make_step(student, teacher, batch, objective)
 
         def plain_step(step: Callable[[], None] = step) -> None:
-            with plain_autograd():
+            with keep_quantized_weights():
                 step()
 
         plain_time, time = interleaved_medians([plain_step, step], args.repeats, args.warmup)
@@ -168,6 +177,9 @@ def main(argv: list[str] | None = None) -> str:
             f"| {1000 * plain_time:.0f} | {1000 * time:.0f} | {time / plain_time:.3f} |"
         )
         print(lines[-1], flush=True)
+    shapes = [(args.hidden_size, args.hidden_size), (args.hidden_size, args.intermediate_size)]
+    shapes.append((args.intermediate_size, args.hidden_size))
+    lines += one_linear(shapes, args.batch_size * args.seq_len, repeats=30)
     table = "\n".join(lines)
     print(table)
     if args.output is not None:

@@ -129,6 +129,27 @@ def test_triton_half_precision_single_expert_without_bias(triton_linear, strateg
     assert_matches(triton_linear.packed_linear(**case, strategy=strategy), expected, dtype)
 
 
+@pytest.mark.parametrize("split_k", [1, 3])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_gemv_without_splits_stores_directly_and_with_splits_adds_into_zeroed_sums(
+    triton_linear, monkeypatch, split_k, dtype
+):
+    """One split: the kernel writes the result in the activations' dtype (a single launch). Several: the
+    configuration's pre-hook zeroes the float32 sums before the splits add into them, call after call."""
+    from optimum_binarymos.kernels.triton import configs, gemv
+
+    config = configs.gemv_config(64, 64, split_k)
+    zeroed = []
+    if config.pre_hook is not None:
+        config.pre_hook = lambda arguments: zeroed.append(1) or configs.zero_partial_sums(arguments)
+    monkeypatch.setattr(gemv.binarymos_gemv_kernel, "configs", [config])
+    for seed in (1, 2):  # a second call must not see the first call's sums
+        case, expected = make_case(3, experts=4, bias=True, dtype=dtype, seed=seed)
+        assert_matches(triton_linear.packed_linear(**case, strategy="gemv"), expected, dtype)
+    assert gemv.binarymos_gemv_kernel.best_config.kwargs["SPLIT_K"] == split_k
+    assert len(zeroed) == (2 if split_k > 1 else 0)
+
+
 def test_triton_half_precision_mixture_with_bias(triton_linear):
     case, expected = make_case(2, experts=4, bias=True, dtype=torch.float16, seed=8)
     assert_matches(triton_linear.packed_linear(**case, strategy="gemm"), expected, torch.float16)
@@ -379,48 +400,94 @@ def test_empty_batch():
 
 
 GPU_COMPILE_SCRIPT = """
+import sys
+from concurrent.futures import ProcessPoolExecutor
+
 import triton
 import triton.language as tl
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
-from optimum_binarymos.kernels.triton import gemm, gemv
+from optimum_binarymos.kernels.triton import configs, gemm, gemv, ternary
 
-POINTERS = ["x_ptr", "w_ptr", "gates_ptr", "scale_in_ptr", "scale_out_ptr", "bias_ptr", "y_ptr"]
-
-
-def signature(kernel, dtype, out_dtype, constexprs):
-    pointee = [dtype, "u8", "fp32", dtype, dtype, dtype, out_dtype]
-    types = {name: f"*{kind}" for name, kind in zip(POINTERS, pointee)}
-    names = kernel.fn.arg_names
-    return {name: "constexpr" if name in constexprs else types.get(name, "i32") for name in names}
+HOPPER = GPUTarget("cuda", 90, 32)
+SHARED_MEMORY_LIMIT = 227 * 1024  # per block on an H100
 
 
-def compile_for_hopper(kernel, dtype, out_dtype, constexprs):
-    source = ASTSource(kernel.fn, signature(kernel, dtype, out_dtype, constexprs), constexprs=constexprs)
-    compiled = triton.compile(source, target=GPUTarget("cuda", 90, 32), options={"num_warps": 4})
-    assert compiled.asm["cubin"], kernel
+def pointer_types(dtype, out_dtype):
+    return {
+        "x_ptr": dtype, "w_ptr": "u8", "codes_ptr": "u8", "gates_ptr": "fp32", "scale_in_ptr": dtype,
+        "scale_out_ptr": dtype, "scale_ptr": dtype, "shift_ptr": dtype, "bias_ptr": dtype, "y_ptr": out_dtype,
+        "out_ptr": out_dtype, "partial_ptr": "fp32",
+    }
 
 
-compile_for_hopper(gemv.binarymos_gemv_kernel, "fp16", "fp32", dict(
-    NUM_EXPERTS=4, HAS_GATES=True, HAS_BIAS=True, BLOCK_N=64, BLOCK_K=256, SPLIT_K=4))
-compile_for_hopper(gemm.binarymos_gemm_kernel, "bf16", "bf16", dict(
-    NUM_EXPERTS=4, HAS_GATES=True, HAS_BIAS=True, DOT_DTYPE=tl.bfloat16, BLOCK_M=64, BLOCK_N=64, BLOCK_K=64,
-    GROUP_M=8))
-print("ok")
+def build(job):
+    name, dtype, out_dtype, constexprs, warps, stages = job
+    kernel = {"gemv": gemv.binarymos_gemv_kernel.fn, "gemm": gemm.binarymos_gemm_kernel.fn,
+              "ternary": ternary._ternary_matmul_kernel}[name]
+    types = pointer_types(dtype, out_dtype)
+    signature = {
+        arg: "constexpr" if arg in constexprs else (f"*{types[arg]}" if arg.endswith("_ptr") else "i32")
+        for arg in kernel.arg_names
+    }
+    compiled = triton.compile(
+        ASTSource(kernel, signature, constexprs=constexprs), target=HOPPER,
+        options={"num_warps": warps, "num_stages": stages},
+    )
+    assert compiled.asm["cubin"], job
+    return job, compiled.metadata.shared
+
+
+def jobs():
+    mixture = dict(NUM_EXPERTS=4, HAS_GATES=True, HAS_BIAS=True)
+    dots = {"fp16": tl.float16, "bf16": tl.bfloat16, "fp32": tl.float32}
+    for index, config in enumerate(configs.gemv_configs()):
+        dtype = ["fp16", "bf16", "fp32"][index % 3]
+        yield "gemv", dtype, dtype, dict(mixture, **config.kwargs), config.num_warps, config.num_stages
+    for index, config in enumerate(configs.gemm_configs()):
+        dtype = ["bf16", "fp16", "fp32"][index % 3]
+        constexprs = dict(mixture, DOT_DTYPE=dots[dtype], **config.kwargs)
+        yield "gemm", dtype, dtype, constexprs, config.num_warps, config.num_stages
+    for index, config in enumerate(ternary._gpu_configs()):
+        dtype = ["fp16", "bf16", "fp32"][index % 3]
+        constexprs = dict(GROUP_SIZE=128, BASE3=bool(index % 2), DOT_FP32=dtype == "fp32", BLOCK_K=64, **config.kwargs)
+        yield "ternary", dtype, dtype, constexprs, config.num_warps, config.num_stages
+
+
+if __name__ == "__main__":
+    assert not configs.INTERPRETING
+    built = 0
+    with ProcessPoolExecutor(max_workers=2) as pool:
+        for (name, dtype, _, constexprs, warps, stages), shared in pool.map(build, list(jobs())):
+            assert shared <= SHARED_MEMORY_LIMIT, (name, dtype, constexprs, shared)
+            built += 1
+    print(f"built {built}")
+    print("ok")
 """
 
 
 @pytest.mark.slow
-def test_triton_kernels_compile_for_a_gpu_without_one(triton_linear):
-    """The interpreter does not type-check like the compiler: build both kernels to a Hopper cubin (needs no
-    device, only the ptxas shipped with triton) in a process where they are not interpreted."""
+def test_every_triton_configuration_compiles_for_a_gpu_without_one(triton_linear, tmp_path):
+    """The interpreter neither type-checks like the compiler nor lowers ``tl.dot`` to tensor cores: build every
+    autotuning configuration of the three kernels to a Hopper cubin (needs no device, only the ptxas shipped
+    with triton) in processes where they are not interpreted, with fp16, bf16 and fp32 activations spread over
+    the configurations, and check each fits an H100's shared memory."""
+    from optimum_binarymos.kernels.triton import configs, ternary
+
+    expected = len(configs.gemv_configs()) + len(configs.gemm_configs()) + len(ternary._gpu_configs())
+    script = tmp_path / "compile_for_hopper.py"
+    script.write_text(GPU_COMPILE_SCRIPT)
     env = {key: value for key, value in os.environ.items() if key != "TRITON_INTERPRET"}
     env.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
     result = subprocess.run(
-        [sys.executable, "-c", GPU_COMPILE_SCRIPT], capture_output=True, text=True, env=env, timeout=600
+        [sys.executable, str(script)], capture_output=True, text=True, env=env, timeout=900
     )
     assert result.returncode == 0 and result.stdout.strip().endswith("ok"), result.stderr[-3000:]
+    built = int(result.stdout.split("built ")[1].split()[0])
+    # Under pytest the configuration lists are the interpreter's; the script saw the GPU lists.
+    assert built >= expected
+    assert built > 30
 
 
 # --- on a GPU -----------------------------------------------------------------------------------------------

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from optimum_binarymos import BinaryMoSLinear, PackedBinaryMoSLinear
 from optimum_binarymos.kernels.ternary import ternary_matmul_torch
 from optimum_binarymos.nn.ternary import PackedTernaryLinear, TernaryLinear
-from optimum_binarymos.recompute import linear_recomputing_weight
+from optimum_binarymos.recompute import keep_quantized_weights, linear_recomputing_weight
 
 IN, OUT = 40, 24
 
@@ -164,3 +164,18 @@ def test_packed_ternary_torch_path_trains_its_scale_like_plain_autograd():
     (expected,) = gradients(written_out, [scale])
     assert actual.abs().sum() > 0
     torch.testing.assert_close(actual, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_keep_quantized_weights_trades_memory_for_speed_in_its_block_only():
+    latent, _ = binarymos_layers()
+    x = torch.randn(2, IN, requires_grad=True)
+    with keep_quantized_weights():
+        _, kept = saved_for_backward(lambda: latent(x))
+        expected = gradients(lambda: latent(x), [x, latent.weight])
+    assert len(weight_sized(kept)) == 2  # the latent weight and the dense signs
+    with pytest.raises(RuntimeError, match="inside"), keep_quantized_weights():
+        raise RuntimeError("inside")
+    _, shapes = saved_for_backward(lambda: latent(x))
+    assert weight_sized(shapes) == [(OUT, IN)]
+    for got, want in zip(gradients(lambda: latent(x), [x, latent.weight]), expected, strict=True):
+        torch.testing.assert_close(got, want)

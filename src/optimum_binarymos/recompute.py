@@ -4,16 +4,38 @@ Plain autograd on ``F.linear(x, quantize(W))`` keeps the dense quantized weight 
 (``F.linear`` needs it for the input gradient), so training a quantized model holds one extra dense copy of
 every weight, the size of the float model itself. Quantizing is elementwise and cheap next to the matmul, so
 :func:`linear_recomputing_weight` keeps only what the weight is made from (the latent parameter itself, or
-packed bits) and makes the weight again when the gradient is needed.
+packed bits) and makes the weight again when the gradient is needed. That costs one more elementwise pass per
+layer in backward; where memory is plentiful, :func:`keep_quantized_weights` trades it back for speed.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+import threading
+from collections.abc import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
+
+_mode = threading.local()
+
+
+@contextlib.contextmanager
+def keep_quantized_weights() -> Iterator[None]:
+    """Within this block (in this thread), :func:`linear_recomputing_weight` is plain ``F.linear`` on the made
+    weight: autograd keeps each dense quantized weight until backward, as large as the float model, and backward
+    skips making it again. For when memory is plentiful and every step counts::
+
+        with keep_quantized_weights():
+            trainer.train()
+    """
+    previous = getattr(_mode, "keep", False)
+    _mode.keep = True
+    try:
+        yield
+    finally:
+        _mode.keep = previous
 
 
 class _LinearRecomputingWeight(torch.autograd.Function):
@@ -67,4 +89,6 @@ def linear_recomputing_weight(
         ``(..., out_features)`` in ``x``'s dtype (or the autocast dtype). Backward holds ``weight_inputs``
         and, only when one of them needs a gradient, ``x``; the weight itself lives during each pass only.
     """
+    if getattr(_mode, "keep", False):
+        return F.linear(x, make_weight(*weight_inputs).to(x.dtype))
     return _LinearRecomputingWeight.apply(x, make_weight, *weight_inputs)

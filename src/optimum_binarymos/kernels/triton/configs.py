@@ -36,17 +36,30 @@ def tokens_bucket(tokens: int) -> int:
     return min(triton.next_power_of_2(max(tokens, 1)), MAX_TOKENS_BUCKET)
 
 
+def zero_partial_sums(arguments: dict) -> None:
+    """Pre-hook of the GEMV configurations with K splits: their programs add into ``partial_ptr``."""
+    arguments["partial_ptr"].zero_()
+
+
+def gemv_config(block_n: int, block_k: int, split_k: int, num_warps: int = 4) -> triton.Config:
+    """One configuration of :func:`~.gemv.binarymos_gemv_kernel`; with ``split_k > 1`` it zeroes the partial
+    sums before each launch."""
+    return triton.Config(
+        {"BLOCK_N": block_n, "BLOCK_K": block_k, "SPLIT_K": split_k},
+        num_warps=num_warps,
+        pre_hook=zero_partial_sums if split_k > 1 else None,
+    )
+
+
 def gemv_configs() -> list[triton.Config]:
     """Configurations of :func:`~.gemv.binarymos_gemv_kernel`: output tile, K tile and K splits."""
     if INTERPRETING:
-        return [triton.Config({"BLOCK_N": 128, "BLOCK_K": 128, "SPLIT_K": 2})]
-    configs = []
-    for block_n, block_k, warps in ((32, 256, 4), (64, 256, 4), (64, 512, 8), (128, 128, 4), (128, 256, 8)):
-        for split_k in (1, 2, 4, 8):
-            configs.append(
-                triton.Config({"BLOCK_N": block_n, "BLOCK_K": block_k, "SPLIT_K": split_k}, num_warps=warps)
-            )
-    return configs
+        return [gemv_config(128, 128, 2)]
+    return [
+        gemv_config(block_n, block_k, split_k, warps)
+        for block_n, block_k, warps in ((32, 256, 4), (64, 256, 4), (64, 512, 8), (128, 128, 4), (128, 256, 8))
+        for split_k in (1, 2, 4, 8)
+    ]
 
 
 def prune_gemv_configs(configs: list[triton.Config], named_args: dict, **kwargs) -> list[triton.Config]:

@@ -4,10 +4,15 @@ Grid ``(cdiv(N, BLOCK_N), SPLIT_K, M)``: a program takes one token, ``BLOCK_N`` 
 slices of ``K``. It loads the packed bytes of its ``(BLOCK_N, BLOCK_K)`` tile, expands them to bits in
 registers, scales the activations by the router-mixed ``s_in`` as they are loaded, and accumulates
 ``sum_k (+-)x_k s_in_k`` in float32 (no multiply: a sign picks ``x`` or ``-x``). The epilogue multiplies by
-the mixed ``s_out`` (a linear factor, so it may be applied to each split's partial sum), adds the bias from
-the first split only, and atomically adds into a float32 ``(M, N)`` buffer. With few tokens the work is
-reading the weights, and splitting ``K`` gives the GPU enough programs to do it at full bandwidth. The order
-in which splits land is not fixed, so the last bits of the result may vary from run to run.
+the mixed ``s_out`` (a linear factor, so it may be applied to each split's partial sum) and adds the bias from
+the first split only. With few tokens the work is reading the weights, and splitting ``K`` gives the GPU enough
+programs to do it at full bandwidth.
+
+At one token the weights of a layer are read in about a microsecond, as long as launching a kernel, so the
+output path depends on the configuration the autotuner picks: without a split (``SPLIT_K = 1``) the kernel
+stores the result in the activations' dtype and is the only launch; with splits, a per-configuration pre-hook
+zeroes a float32 buffer, the splits add into it atomically and one cast follows. The order in which splits
+land is not fixed, so with splits the last bits of the result may vary from run to run.
 """
 
 from __future__ import annotations
@@ -24,7 +29,6 @@ from .tiles import mixed_scale_row, sign_bits_nbj
     configs=gemv_configs(),
     key=["TOKENS_BUCKET", "N", "K", "NUM_EXPERTS", "HAS_BIAS"],
     prune_configs_by={"early_config_prune": prune_gemv_configs},
-    reset_to_zero=["y_ptr"],
 )
 @triton.jit
 def binarymos_gemv_kernel(
@@ -34,7 +38,8 @@ def binarymos_gemv_kernel(
     scale_in_ptr,
     scale_out_ptr,
     bias_ptr,
-    y_ptr,
+    out_ptr,
+    partial_ptr,
     N,
     K,
     stride_xm,
@@ -75,7 +80,10 @@ def binarymos_gemv_kernel(
         # Every split adds its partial sum; only the first adds the bias (the others load nothing).
         bias_limit = tl.where(pid_k == 0, N, 0)
         y += tl.load(bias_ptr + offs_n, mask=offs_n < bias_limit, other=0.0).to(tl.float32)
-    tl.atomic_add(y_ptr + token * N + offs_n, y, mask=mask_n)
+    if SPLIT_K == 1:
+        tl.store(out_ptr + token * N + offs_n, y.to(out_ptr.dtype.element_ty), mask=mask_n)
+    else:
+        tl.atomic_add(partial_ptr + token * N + offs_n, y, mask=mask_n)
 
 
 def gemv(
@@ -95,7 +103,9 @@ def gemv(
     """
     tokens = x.shape[0]
     out_features = packed.shape[0]
-    y = torch.zeros(tokens, out_features, dtype=torch.float32, device=x.device)
+    out = torch.empty(tokens, out_features, dtype=x.dtype, device=x.device)
+    # Only configurations with splits write here; their pre-hook zeroes it (no launch otherwise).
+    partial = torch.empty(tokens, out_features, dtype=torch.float32, device=x.device)
 
     def grid(meta):
         return (triton.cdiv(out_features, meta["BLOCK_N"]), meta["SPLIT_K"], tokens)
@@ -107,7 +117,8 @@ def gemv(
         scale_in,
         scale_out,
         bias if bias is not None else scale_out,  # never read without bias
-        y,
+        out,
+        partial,
         out_features,
         in_features,
         x.stride(0),
@@ -117,4 +128,6 @@ def gemv(
         HAS_GATES=gates is not None,
         HAS_BIAS=bias is not None,
     )
-    return y.to(x.dtype)
+    if binarymos_gemv_kernel.best_config.kwargs["SPLIT_K"] > 1:
+        out.copy_(partial)
+    return out
