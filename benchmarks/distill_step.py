@@ -40,10 +40,8 @@ from optimum_binarymos.recompute import keep_quantized_weights
 GOALS = {"float": 1.3, "onebit": 1.1}
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """The teacher's shape, the batch, the seed, the threads and ``--output``: what every step benchmark takes."""
     parser.add_argument("--hidden-size", type=int, default=512)
     parser.add_argument("--intermediate-size", type=int, default=1376, help="MLP width (LLaMA ratio: 2.6875)")
     parser.add_argument("--layers", type=int, default=4, help="decoder layers")
@@ -51,18 +49,25 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--vocab-size", type=int, default=8192)
     parser.add_argument("--seq-len", type=int, default=256)
     parser.add_argument("--batch-size", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--output", type=Path, default=None, help="also write the markdown table here")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    add_model_arguments(parser)
     parser.add_argument("--num-experts", type=int, default=4, help="experts of the BinaryMoS student")
     parser.add_argument("--repeats", type=int, default=10, help="timed steps per student")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps per student first")
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
-    parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--profile", action="store_true", help="also profile a BinaryMoS step and one linear")
     parser.add_argument(
         "--keep-quantized-weights",
         action="store_true",
         help="run under optimum_binarymos.recompute.keep_quantized_weights (faster, one more dense weight copy)",
     )
-    parser.add_argument("--output", type=Path, default=None, help="also write the markdown table here")
     return parser.parse_args(argv)
 
 
@@ -79,6 +84,36 @@ def build_teacher(args: argparse.Namespace) -> nn.Module:
     )
     torch.manual_seed(args.seed)
     return AutoModelForCausalLM.from_config(config, dtype=torch.float32).eval().requires_grad_(False)
+
+
+def step_inputs(args: argparse.Namespace) -> tuple[dict, DistillationObjective]:
+    """A random batch and the objective of a step: KL on logits + 10 x MSE on every layer's hidden state."""
+    generator = torch.Generator().manual_seed(args.seed)
+    batch = {
+        "input_ids": torch.randint(0, args.vocab_size, (args.batch_size, args.seq_len), generator=generator)
+    }
+    objective = DistillationObjective(
+        logits_weight=1.0, hidden_weight=10.0, hidden_loss="mse", hidden_layers=tuple(range(args.layers))
+    )
+    return batch, objective
+
+
+def decoder_linear_shapes(args: argparse.Namespace) -> list[tuple[int, int]]:
+    """``(in, out)`` of a decoder layer's linears: attention, MLP up/gate, MLP down."""
+    return [
+        (args.hidden_size, args.hidden_size),
+        (args.hidden_size, args.intermediate_size),
+        (args.intermediate_size, args.hidden_size),
+    ]
+
+
+def emit(table: str, output: Path | None) -> str:
+    """Print the markdown ``table`` and write it to ``output`` when given."""
+    print(table)
+    if output is not None:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        output.write_text(table + "\n")
+    return table
 
 
 def float_student(teacher: nn.Module) -> nn.Module:
@@ -168,13 +203,7 @@ def run(args: argparse.Namespace) -> str:
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     teacher = build_teacher(args)
-    generator = torch.Generator().manual_seed(args.seed)
-    batch = {
-        "input_ids": torch.randint(0, args.vocab_size, (args.batch_size, args.seq_len), generator=generator)
-    }
-    objective = DistillationObjective(
-        logits_weight=1.0, hidden_weight=10.0, hidden_loss="mse", hidden_layers=tuple(range(args.layers))
-    )
+    batch, objective = step_inputs(args)
     students = {
         "float": float_student(teacher),
         "onebit": binarymos_student(teacher, 1),
@@ -203,15 +232,9 @@ def run(args: argparse.Namespace) -> str:
         f"BinaryMoS / OneBit <= {GOALS['onebit']} ({'met' if mos / one <= GOALS['onebit'] else 'NOT met'}).",
     ]
     if args.profile:
-        shapes = [(args.hidden_size, args.hidden_size), (args.hidden_size, args.intermediate_size)]
-        shapes.append((args.intermediate_size, args.hidden_size))
+        shapes = decoder_linear_shapes(args)
         lines.append(profile(steps[2], shapes, args.batch_size * args.seq_len, args.num_experts))
-    table = "\n".join(lines)
-    print(table)
-    if args.output is not None:
-        args.output.parent.mkdir(parents=True, exist_ok=True)
-        args.output.write_text(table + "\n")
-    return table
+    return emit("\n".join(lines), args.output)
 
 
 if __name__ == "__main__":

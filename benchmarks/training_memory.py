@@ -30,10 +30,17 @@ from __future__ import annotations
 import argparse
 import copy
 from collections.abc import Callable
-from pathlib import Path
 
 import torch
-from distill_step import build_teacher, interleaved_medians, make_step
+from distill_step import (
+    add_model_arguments,
+    build_teacher,
+    decoder_linear_shapes,
+    emit,
+    interleaved_medians,
+    make_step,
+    step_inputs,
+)
 from peft import LoraConfig, get_peft_model
 from torch import nn
 
@@ -48,18 +55,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--hidden-size", type=int, default=512)
-    parser.add_argument("--intermediate-size", type=int, default=1376)
-    parser.add_argument("--layers", type=int, default=4)
-    parser.add_argument("--heads", type=int, default=8)
-    parser.add_argument("--vocab-size", type=int, default=8192)
-    parser.add_argument("--seq-len", type=int, default=256)
-    parser.add_argument("--batch-size", type=int, default=2)
+    add_model_arguments(parser)
     parser.add_argument("--repeats", type=int, default=5, help="timed steps per student and form")
     parser.add_argument("--warmup", type=int, default=1)
-    parser.add_argument("--threads", type=int, default=None)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--output", type=Path, default=None, help="also write the markdown table here")
     return parser.parse_args(argv)
 
 
@@ -143,13 +141,7 @@ def main(argv: list[str] | None = None) -> str:
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     teacher = build_teacher(args)
-    generator = torch.Generator().manual_seed(args.seed)
-    batch = {
-        "input_ids": torch.randint(0, args.vocab_size, (args.batch_size, args.seq_len), generator=generator)
-    }
-    objective = DistillationObjective(
-        logits_weight=1.0, hidden_weight=10.0, hidden_loss="mse", hidden_layers=tuple(range(args.layers))
-    )
+    batch, objective = step_inputs(args)
     mib = 2**20
     lines = [
         f"LLaMA shape: hidden {args.hidden_size}, intermediate {args.intermediate_size}, {args.layers} layers, "
@@ -177,15 +169,8 @@ def main(argv: list[str] | None = None) -> str:
             f"| {1000 * plain_time:.0f} | {1000 * time:.0f} | {time / plain_time:.3f} |"
         )
         print(lines[-1], flush=True)
-    shapes = [(args.hidden_size, args.hidden_size), (args.hidden_size, args.intermediate_size)]
-    shapes.append((args.intermediate_size, args.hidden_size))
-    lines += one_linear(shapes, args.batch_size * args.seq_len, repeats=30)
-    table = "\n".join(lines)
-    print(table)
-    if args.output is not None:
-        args.output.parent.mkdir(parents=True, exist_ok=True)
-        args.output.write_text(table + "\n")
-    return table
+    lines += one_linear(decoder_linear_shapes(args), args.batch_size * args.seq_len, repeats=30)
+    return emit("\n".join(lines), args.output)
 
 
 if __name__ == "__main__":
