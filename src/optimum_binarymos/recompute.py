@@ -89,6 +89,8 @@ def linear_recomputing_weight(
         ``(..., out_features)`` in ``x``'s dtype (or the autocast dtype). Backward holds ``weight_inputs``
         and, only when one of them needs a gradient, ``x``; the weight itself lives during each pass only.
     """
-    if getattr(_mode, "keep", False):
+    # Nothing to keep when no gradient will be taken (inference, evaluation): skip the autograd Function.
+    needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (x, *weight_inputs))
+    if not needs_grad or getattr(_mode, "keep", False):
         return F.linear(x, make_weight(*weight_inputs).to(x.dtype))
     return _LinearRecomputingWeight.apply(x, make_weight, *weight_inputs)
