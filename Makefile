@@ -1,30 +1,42 @@
-# Everything runs inside a project-local virtualenv that `make venv` builds from scratch.
+SHELL := /bin/bash
+# Everything runs inside project-local virtualenvs that make builds from scratch.
+#   .venv         `make venv`: the exact versions of requirements/cpu.txt (what `make test`, `make demo` and CI use)
+#   .venv-latest  `make test-latest`: the newest versions pyproject.toml allows (drift check, not part of CI)
+#   .venv-lock    `make lock`: pip-tools, to regenerate requirements/cpu.txt
 PYTHON ?= python3
 VENV ?= .venv
 VENV_PY := $(VENV)/bin/python
 VENV_STAMP := $(VENV)/.installed
-# The CPU wheel of this release lies on the build machines' disk; asking for it by version keeps pip
-# from resolving `torch>=2.4` to a CUDA build of several GB on machines without a GPU.
-CPU_TORCH_VERSION ?= 2.13.0
+LATEST_VENV ?= .venv-latest
+LOCK_VENV ?= .venv-lock
+LOCK := requirements/cpu.txt
+LOCK_INPUT := requirements/cpu.in
+PIP_TOOLS_VERSION ?= 7.6.2
+# The extras every locked environment carries.
+EXTRAS := test,demo,bench
 PYTEST_ARGS ?=
 DEMO_ARGS ?=
 
-.PHONY: venv test demo lint clean distclean
+.PHONY: venv test demo lint lock test-latest clean distclean
 
 venv: $(VENV_STAMP)
 
-$(VENV_STAMP): pyproject.toml
-	$(PYTHON) -m venv $(VENV)
-	$(VENV_PY) -m pip install --upgrade pip
-	@if $(VENV_PY) -c "import torch" >/dev/null 2>&1; then \
-		echo "keeping torch $$($(VENV_PY) -c 'import torch; print(torch.__version__)') already in $(VENV)"; \
-	elif command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi >/dev/null 2>&1; then \
-		echo "GPU found: torch comes from the package's own requirement"; \
+# On a machine without a GPU the whole lock installs, hash-checked, the CPU build of torch included. With a
+# working GPU every locked package but torch installs, then pip takes the CUDA build of the locked torch
+# version from the package index (its CUDA libraries are not in the lock).
+$(VENV_STAMP): pyproject.toml $(LOCK)
+	$(PYTHON) -m venv --clear $(VENV)
+	@if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi >/dev/null 2>&1; then \
+		echo "GPU found: installing the lock without torch's CPU build, then torch's CUDA build"; \
+		awk '/^[^ #]/ { skip = ($$0 ~ /^torch==/) } !skip' $(LOCK) > $(VENV)/lock-without-torch.txt; \
+		$(VENV_PY) -m pip install --require-hashes --no-deps -r $(VENV)/lock-without-torch.txt && \
+		$(VENV_PY) -m pip install "torch==$$(sed -n 's/^torch==\([0-9.]*\).*/\1/p' $(LOCK))"; \
 	else \
-		echo "no GPU: installing the CPU build torch==$(CPU_TORCH_VERSION)"; \
-		$(VENV_PY) -m pip install "torch==$(CPU_TORCH_VERSION)"; \
+		echo "no GPU: installing $(LOCK), torch's CPU build included"; \
+		$(VENV_PY) -m pip install --require-hashes --no-deps -r $(LOCK); \
 	fi
-	$(VENV_PY) -m pip install -e ".[test,demo]"
+	$(VENV_PY) -m pip install --no-deps --no-build-isolation -e .
+	$(VENV_PY) -m pip check
 	touch $@
 
 test: venv
@@ -36,9 +48,39 @@ demo: venv
 lint: venv
 	$(VENV)/bin/ruff check .
 
+# Regenerate the lock after changing dependencies in pyproject.toml or requirements/cpu.in (and now and then
+# to take upstream fixes): resolves the newest versions the metadata allows, with every file's hash.
+lock:
+	$(PYTHON) -m venv $(LOCK_VENV)
+	$(LOCK_VENV)/bin/python -m pip install "pip-tools==$(PIP_TOOLS_VERSION)"
+	CUSTOM_COMPILE_COMMAND="make lock" $(LOCK_VENV)/bin/pip-compile --upgrade --generate-hashes --allow-unsafe \
+		--strip-extras --no-emit-index-url --no-emit-find-links $(addprefix --extra=,$(subst $(comma), ,$(EXTRAS))) \
+		--output-file=$(LOCK) pyproject.toml $(LOCK_INPUT)
+
+# Drift check: a fresh venv with the newest versions pyproject.toml allows (torch held at the lock's CPU build
+# on machines without a GPU, so no multi-GB CUDA build is pulled), then the whole suite.
+test-latest:
+	$(PYTHON) -m venv --clear $(LATEST_VENV)
+	@if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi >/dev/null 2>&1; then \
+		$(LATEST_VENV)/bin/python -m pip install --upgrade pip && \
+		$(LATEST_VENV)/bin/python -m pip install --upgrade --upgrade-strategy eager -e ".[$(EXTRAS)]"; \
+	else \
+		grep '^torch==' $(LOCK_INPUT) > $(LATEST_VENV)/torch-cpu.txt; \
+		$(LATEST_VENV)/bin/python -m pip install --upgrade pip && \
+		$(LATEST_VENV)/bin/python -m pip install --upgrade --upgrade-strategy eager \
+			-c $(LATEST_VENV)/torch-cpu.txt -e ".[$(EXTRAS)]"; \
+	fi
+	$(LATEST_VENV)/bin/python -m pip freeze --exclude-editable > $(LATEST_VENV)/versions.txt
+	@echo "versions under test: $(LATEST_VENV)/versions.txt (differences from the lock below)"
+	@diff <(sed -n 's/^\([A-Za-z0-9_.-]*==[^ ]*\).*/\1/p' $(LOCK) | tr 'A-Z_' 'a-z-' | sort) \
+		<(tr 'A-Z_' 'a-z-' < $(LATEST_VENV)/versions.txt | sort) | grep '^[<>]' || echo "  (none)"
+	$(LATEST_VENV)/bin/python -m pytest -q $(PYTEST_ARGS)
+
+comma := ,
+
 clean:
 	rm -rf build dist demo_out .pytest_cache .ruff_cache src/*.egg-info
 	find . -path ./$(VENV) -prune -o -name __pycache__ -type d -prune -exec rm -rf {} +
 
 distclean: clean
-	rm -rf $(VENV)
+	rm -rf $(VENV) $(LATEST_VENV) $(LOCK_VENV)
