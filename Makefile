@@ -70,7 +70,7 @@ test-latest:
 		$(LATEST_VENV)/bin/python -m pip install --upgrade --upgrade-strategy eager \
 			-c $(LATEST_VENV)/torch-cpu.txt -e ".[$(EXTRAS)]"; \
 	fi
-	$(LATEST_VENV)/bin/python -m pip freeze --exclude-editable > $(LATEST_VENV)/versions.txt
+	$(LATEST_VENV)/bin/python -m pip freeze --all --exclude-editable > $(LATEST_VENV)/versions.txt
 	@echo "versions under test: $(LATEST_VENV)/versions.txt (differences from the lock below)"
 	@diff <(sed -n 's/^\([A-Za-z0-9_.-]*==[^ ]*\).*/\1/p' $(LOCK) | tr 'A-Z_' 'a-z-' | sort) \
 		<(tr 'A-Z_' 'a-z-' < $(LATEST_VENV)/versions.txt | sort) | grep '^[<>]' || echo "  (none)"
