@@ -5,6 +5,7 @@ transformers, so that ``AutoModelForCausalLM.from_pretrained(..., quantization_c
 converts a float checkpoint and ``from_pretrained`` of a saved folder loads the packed model.
 """
 
+from .calibration import CalibrationReport, calibrate_model
 from .config import BinaryMoSConfig
 from .convert import convert_model, modules_to_convert, pack_model
 from .footprint import Footprint, estimate_footprint, model_footprint
@@ -45,6 +46,7 @@ __all__ = [
     "BinaryMoSConfig",
     "BinaryMoSHfQuantizer",
     "BinaryMoSLinear",
+    "CalibrationReport",
     "DistillationConfig",
     "DistillationTrainer",
     "Footprint",
@@ -53,6 +55,7 @@ __all__ = [
     "TernaryConfig",
     "TernaryHfQuantizer",
     "TernaryLinear",
+    "calibrate_model",
     "convert_model",
     "estimate_footprint",
     "latent_saving",

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 from transformers.quantizers import register_quantization_config
 from transformers.utils.quantization_config import QuantizationConfigMixin
 
+from .calibration import DEFAULT_CALIBRATION_TOKENS, MIN_CALIBRATION_TOKENS
 from .nn.svid import DEFAULT_SVID_ITERATIONS
 from .packing import FORMAT_VERSION
 
@@ -15,6 +17,9 @@ QUANT_METHOD = "binarymos"
 
 #: What a saved checkpoint can hold: 1-bit packed layers, or latent float weights (to resume training).
 CHECKPOINT_FORMS = ("packed", "latent")
+
+# Fields that feed the data-aware initialization at conversion and are never written to config.json.
+_CALIBRATION_INPUTS = ("dataset", "tokenizer")
 
 #: Default number of scaling experts (the paper's best trade-off).
 DEFAULT_NUM_EXPERTS = 4
@@ -65,6 +70,12 @@ class BinaryMoSConfig(QuantizationConfigMixin):
         checkpoint_form: what a saved checkpoint holds: ``"packed"`` (1-bit, for inference; the default) or
             ``"latent"`` (float latent weights, for resuming training; written inside
             :func:`optimum_binarymos.latent_saving`). Set by the library, not by users.
+        dataset: calibration data for a data-aware initialization when ``from_pretrained`` converts a float
+            model (:func:`optimum_binarymos.calibrate_model`): local text files or a folder of them, a list of
+            texts, a ``datasets.Dataset`` with a ``"text"`` column, or token ids. ``None`` (the default): SVID
+            scales and a random router only. Not saved in ``config.json``.
+        tokenizer: the model's tokenizer, needed when ``dataset`` is text. Not saved.
+        calibration_tokens: calibration tokens read from ``dataset``.
 
     Example::
 
@@ -80,6 +91,9 @@ class BinaryMoSConfig(QuantizationConfigMixin):
         svid_iterations: int = DEFAULT_SVID_ITERATIONS,
         format_version: int = FORMAT_VERSION,
         checkpoint_form: str = "packed",
+        dataset: Any = None,
+        tokenizer: Any = None,
+        calibration_tokens: int = DEFAULT_CALIBRATION_TOKENS,
         **kwargs: Any,
     ) -> None:
         self.quant_method = QUANT_METHOD
@@ -90,13 +104,16 @@ class BinaryMoSConfig(QuantizationConfigMixin):
         self.svid_iterations = svid_iterations
         self.format_version = format_version
         self.checkpoint_form = checkpoint_form
+        self.dataset = dataset
+        self.tokenizer = tokenizer
+        self.calibration_tokens = calibration_tokens
         # Reloading passes back every saved key; drop the ones transformers adds itself.
         kwargs.pop("quant_method", None)
         if kwargs:
             unknown = ", ".join(sorted(kwargs))
             raise ValueError(
                 f"BinaryMoSConfig got unknown arguments: {unknown}. Known: num_experts, modules_to_not_convert, "
-                "svid_iterations, format_version, checkpoint_form."
+                "svid_iterations, format_version, checkpoint_form, dataset, tokenizer, calibration_tokens."
             )
         self.post_init()
 
@@ -135,3 +152,19 @@ class BinaryMoSConfig(QuantizationConfigMixin):
         if self.format_version > FORMAT_VERSION:
             raise ValueError(newer_format_message(self.format_version, FORMAT_VERSION, "BinaryMoS packed"))
         check_checkpoint_form(self.checkpoint_form)
+        if (
+            isinstance(self.calibration_tokens, bool)
+            or not isinstance(self.calibration_tokens, int)
+            or self.calibration_tokens < MIN_CALIBRATION_TOKENS
+        ):
+            raise ValueError(
+                f"calibration_tokens must be an integer >= {MIN_CALIBRATION_TOKENS}; got {self.calibration_tokens!r}"
+            )
+
+    def to_dict(self) -> dict[str, Any]:
+        # The calibration inputs shape the initialization only: a checkpoint does not need them, and a tokenizer
+        # or a dataset is not JSON.
+        return copy.deepcopy({key: value for key, value in self.__dict__.items() if key not in _CALIBRATION_INPUTS})
+
+    def __iter__(self):
+        yield from self.to_dict().items()

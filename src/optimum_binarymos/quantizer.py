@@ -179,11 +179,15 @@ class PackingHfQuantizer(HfQuantizer):
         _check_fully_loaded(model, (self.latent_layer_type, self.packed_layer_type), self.method_name)
         # Whatever was loaded, the next save_pretrained writes packed layers unless asked otherwise.
         self.quantization_config.checkpoint_form = "packed"
+        self._calibrate(model)
         kind = "packed" if self.holds_packed_layers else "latent (trainable)"
         logger.info("%s: %d layers in %s form", self.method_name, len(self.converted_modules), kind)
         # optimum_binarymos.hub: save_pretrained/push_to_hub write the model card; a conversion records its source.
         prepare_for_sharing(model, converted=not self.pre_quantized)
         return model
+
+    def _calibrate(self, model: nn.Module) -> None:
+        """Data-aware initialization after an on-the-fly conversion; methods that have one override this."""
 
     def get_state_dict_and_metadata(self, model):
         metadata = {self.format_metadata_key: str(self.format_version)}
@@ -223,6 +227,15 @@ class BinaryMoSHfQuantizer(PackingHfQuantizer):
 
     def describe_config(self) -> str:
         return f"num_experts={self.quantization_config.num_experts}"
+
+    def _calibrate(self, model: nn.Module) -> None:
+        config = self.quantization_config
+        if self.pre_quantized or config.dataset is None:
+            return
+        from .calibration import calibrate_model
+
+        report = calibrate_model(model, config.dataset, config.tokenizer, num_tokens=config.calibration_tokens)
+        logger.info("BinaryMoS: %d layers calibrated on %d tokens in %.1f s", report.layers, report.tokens, report.seconds)
 
 
 def packed_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:

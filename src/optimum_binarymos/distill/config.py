@@ -106,6 +106,14 @@ class DistillationConfig(TrainingArguments):
     )
 
     # --- What trains ---
+    scales_learning_rate: float | None = field(
+        default=None,
+        metadata={
+            "help": "Peak learning rate of the quantizer parameters (BinaryMoS scales and router, ternary "
+            "scale and shift, biases) while the latent weights keep learning_rate; same schedule. None: "
+            "learning_rate for everything (the authors' recipe)."
+        },
+    )
     train_binarymos_only: bool = field(
         default=True,
         metadata={
@@ -144,6 +152,12 @@ class DistillationConfig(TrainingArguments):
             problems.append(
                 f"kd_logits_reduction must be one of {list(LOGITS_REDUCTIONS)}, got {self.kd_logits_reduction!r}"
             )
+        if self.scales_learning_rate is not None and (
+            isinstance(self.scales_learning_rate, bool)
+            or not isinstance(self.scales_learning_rate, (int, float))
+            or not self.scales_learning_rate > 0
+        ):
+            problems.append(f"scales_learning_rate must be a number > 0 or None, got {self.scales_learning_rate!r}")
         if isinstance(self.kd_temperature, bool) or not isinstance(self.kd_temperature, (int, float)):
             problems.append(f"kd_temperature must be a number > 0 (1.0 = none), got {self.kd_temperature!r}")
         elif self.kd_temperature <= 0:

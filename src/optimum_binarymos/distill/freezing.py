@@ -46,6 +46,12 @@ def binarymos_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
     return [(name, module) for name, module in model.named_modules() if isinstance(module, latent)]
 
 
+def latent_weights(model: nn.Module) -> list[nn.Parameter]:
+    """The latent float ``weight`` of every latent quantized layer (only its quantized value is used forward);
+    the layers' other parameters (scales, router, biases) are the quantizer parameters."""
+    return [layer.weight for _, layer in binarymos_layers(model)]
+
+
 def binarymos_trainable_parameters(model: nn.Module) -> TrainableCount:
     """Make only the BinaryMoS layers' parameters trainable, in place, and log the counts.
 

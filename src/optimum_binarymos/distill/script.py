@@ -1,7 +1,9 @@
-"""Distill a Hugging Face causal LM into its 1-bit BinaryMoS version (quantization-aware knowledge distillation).
+"""Distill a Hugging Face causal LM into its 1-bit BinaryMoS (or ternary) version (quantization-aware knowledge
+distillation).
 
 The float model is the teacher; the student is the same checkpoint loaded with ``BinaryMoSConfig`` (latent
-weights, SVID-initialized scales, random router). Text comes from local files (``--train-files``) or a
+weights, SVID-initialized scales; experts, routers and output scales then calibrated on the first
+``--calibration_tokens`` training tokens) or, with ``--method ternary``, with ``TernaryConfig``. Text comes from local files (``--train-files``) or a
 ``datasets`` dataset (``--dataset_name``, needs ``pip install datasets``); it is tokenized, joined and cut into
 ``--block-size`` blocks. Every ``DistillationConfig`` / ``TrainingArguments`` flag works (``--help`` lists
 them); the defaults are the BinaryMoS recipe (lr 2e-5, cosine, 3 % warmup, 3 epochs, batch 4,
@@ -40,9 +42,11 @@ import torch
 import transformers
 from transformers import AutoModelForCausalLM, AutoTokenizer, HfArgumentParser, default_data_collator
 
+from ..calibration import DEFAULT_CALIBRATION_TOKENS, MIN_CALIBRATION_TOKENS
 from ..config import BinaryMoSConfig
+from ..ternary_config import TernaryConfig
 from .config import DistillationConfig
-from .data import load_text_blocks, text_blocks
+from .data import TokenBlocks, load_text_blocks, text_blocks
 from .trainer import DistillationTrainer
 
 logger = logging.getLogger("distill")
@@ -70,7 +74,19 @@ class ScriptArguments:
         default=0,
         metadata={"help": "Hold out this many of the last blocks to report eval_loss on; 0 = none."},
     )
-    num_experts: int = field(default=4, metadata={"help": "Scaling experts per layer (1 = OneBit)."})
+    method: Literal["binarymos", "ternary"] = field(
+        default="binarymos",
+        metadata={"help": "Student: 'binarymos' (1 bit; --num_experts 1 is OneBit) or 'ternary' (1.58 bits, DLT)."},
+    )
+    num_experts: int = field(default=4, metadata={"help": "Scaling experts per layer (1 = OneBit); binarymos only."})
+    group_size: int = field(default=128, metadata={"help": "Weights per ternary scale and shift; ternary only."})
+    calibration_tokens: int = field(
+        default=DEFAULT_CALIBRATION_TOKENS,
+        metadata={
+            "help": "Tokens of the first training blocks that initialize the BinaryMoS experts, routers and output "
+            "scales from the float model's activations (data-aware init); 0 = SVID scales and a random router."
+        },
+    )
     dtype: Literal["bfloat16", "float16", "float32"] = field(
         default="bfloat16",
         metadata={"help": "dtype the models are loaded in; trainable parameters still train in float32."},
@@ -96,6 +112,24 @@ def load_blocks(script: ScriptArguments, tokenizer):
     )
 
 
+def student_config(script: ScriptArguments, train: TokenBlocks) -> BinaryMoSConfig | TernaryConfig:
+    """The quantization config of the student; BinaryMoS students calibrate on the first training blocks."""
+    if script.method == "ternary":
+        return TernaryConfig(group_size=script.group_size)
+    if script.method != "binarymos":
+        raise ValueError(f"--method must be 'binarymos' or 'ternary', got {script.method!r}")
+    tokens = min(script.calibration_tokens, train.blocks.numel())
+    if not script.calibration_tokens:
+        return BinaryMoSConfig(num_experts=script.num_experts)
+    if tokens < MIN_CALIBRATION_TOKENS:
+        logger.warning(
+            "Only %d training tokens: too few to calibrate (at least %d); the student keeps SVID scales and a "
+            "random router.", tokens, MIN_CALIBRATION_TOKENS
+        )
+        return BinaryMoSConfig(num_experts=script.num_experts)
+    return BinaryMoSConfig(num_experts=script.num_experts, dataset=train.blocks, calibration_tokens=tokens)
+
+
 def main(argv: list[str] | None = None) -> str:
     """Run the distillation; returns the folder of the packed model."""
     parser = HfArgumentParser((ScriptArguments, DistillationConfig))
@@ -106,14 +140,14 @@ def main(argv: list[str] | None = None) -> str:
 
     dtype = getattr(torch, script.dtype)
     tokenizer = AutoTokenizer.from_pretrained(script.model_name_or_path)
-    teacher = AutoModelForCausalLM.from_pretrained(script.model_name_or_path, dtype=dtype)
-    student = AutoModelForCausalLM.from_pretrained(
-        script.model_name_or_path,
-        quantization_config=BinaryMoSConfig(num_experts=script.num_experts),
-        dtype=dtype,
-    )
     blocks = load_blocks(script, tokenizer)
     train, held_out = blocks.split(script.eval_blocks) if script.eval_blocks else (blocks, None)
+    teacher = AutoModelForCausalLM.from_pretrained(script.model_name_or_path, dtype=dtype)
+    # The student's random parts (routers before calibration, k-means starts) follow --seed too.
+    transformers.set_seed(args.seed)
+    student = AutoModelForCausalLM.from_pretrained(
+        script.model_name_or_path, quantization_config=student_config(script, train), dtype=dtype
+    )
     logger.info("%d training blocks of %d tokens", len(train), script.block_size)
 
     trainer = DistillationTrainer(
@@ -130,7 +164,7 @@ def main(argv: list[str] | None = None) -> str:
         trainer.evaluate()
     final_dir = script.final_dir or str(Path(args.output_dir) / "final")
     trainer.save_model(final_dir)  # packed: 1 bit per binarized weight
-    logger.info("Packed BinaryMoS model saved to %s", final_dir)
+    logger.info("Packed %s model saved to %s", script.method, final_dir)
     return final_dir
 
 

@@ -25,6 +25,7 @@ from typing import Any
 import torch
 from torch import nn
 from transformers import Trainer
+from transformers.trainer_callback import ProgressCallback
 
 from ..nn.binarymos import BinaryMoSLinear
 from ..packing import FORMAT_VERSION, pack_signs
@@ -34,10 +35,12 @@ from .freezing import (
     TrainableCount,
     binarymos_layers,
     binarymos_trainable_parameters,
+    latent_weights,
     restore_parameter_dtypes,
     upcast_trainable_parameters,
 )
 from .objective import DistillationObjective
+from .progress import LossProgressCallback
 from .teacher import prepare_teacher
 
 logger = logging.getLogger(__name__)
@@ -132,11 +135,33 @@ class DistillationTrainer(Trainer):
         self.objective = DistillationObjective.from_config(args, model)
         super().__init__(model=model, args=args, **kwargs)
         self.teacher_model = prepare_teacher(teacher_model, self.accelerator, self._student_dtype)
+        if self.pop_callback(ProgressCallback) is not None:
+            self.add_callback(LossProgressCallback)
         self._meters = {"train": _TermMeter(), "eval": _TermMeter()}
         self._writing_checkpoint = False
         self._upcast_dtypes: dict[str, torch.dtype] = {}
 
     # ---- training -------------------------------------------------------------------------------------------
+
+    def create_optimizer(self, model: nn.Module | None = None):
+        """``Trainer.create_optimizer``; with ``args.scales_learning_rate`` set, each of its parameter groups is
+        split in two: latent weights at ``learning_rate``, quantizer parameters at ``scales_learning_rate``."""
+        optimizer = super().create_optimizer(model)
+        if self.args.scales_learning_rate is None:
+            return optimizer
+        latent = {id(param) for param in latent_weights(self.model if model is None else model)}
+        groups = []
+        for group in optimizer.param_groups:
+            for is_latent in (True, False):
+                params = [param for param in group["params"] if (id(param) in latent) == is_latent]
+                if params:
+                    lr = group["lr"] if is_latent else self.args.scales_learning_rate
+                    groups.append({**group, "params": params, "lr": lr})
+        # Nothing has stepped yet, so the optimizer holds no state to carry over.
+        optimizer.param_groups = []
+        for group in groups:
+            optimizer.add_param_group(group)
+        return optimizer
 
     def train(self, *args: Any, **kwargs: Any):
         """``Trainer.train``, with trainable half-precision parameters kept in float32 while it runs
