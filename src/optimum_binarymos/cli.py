@@ -342,7 +342,7 @@ def _distill(args: argparse.Namespace) -> int:
         final_dir = distill_main(["--model_name_or_path", args.model, *args.arguments])
     except ValueError as error:
         raise CommandError(str(error)) from error
-    print(f"distilled BinaryMoS model saved packed to {final_dir}")
+    print(f"distilled model saved packed to {final_dir}")
     return 0
 
 
@@ -353,7 +353,7 @@ COMMANDS: tuple[Command, ...] = (
         _quantize_arguments,
         _quantize,
     ),
-    Command("distill", "distill a float model into its BinaryMoS version", _distill_arguments, _distill),
+    Command("distill", "distill a float model into its BinaryMoS or ternary version", _distill_arguments, _distill),
     Command(
         "evaluate", "perplexity on text, zero-shot accuracy through lm-eval", _evaluate_arguments, _evaluate
     ),

@@ -25,6 +25,7 @@ import torch
 from torch import nn
 from transformers import AutoModelForCausalLM, default_data_collator
 
+from .calibration import DEFAULT_CALIBRATION_TOKENS
 from .config import BinaryMoSConfig
 from .distill.data import TokenBlocks, text_blocks
 from .eval import perplexity
@@ -39,6 +40,7 @@ __all__ = [
     "build_student",
     "distill",
     "evaluate_perplexity",
+    "median_scale_spread",
     "quantization_config",
     "sotu_data",
     "spread_experts",
@@ -48,6 +50,9 @@ __all__ = [
 
 #: The compared methods: OneBit is BinaryMoS with one scaling expert; ternary is TernaryLLM's DLT.
 METHODS = ("onebit", "binarymos", "ternary")
+
+#: Years before the evaluation addresses held out as the validation split.
+VALIDATION_YEARS = 10
 
 # English averages about 4.5 characters per SmolLM2 token; reading 6 per token leaves a margin.
 _CHARS_PER_TOKEN = 6
@@ -71,6 +76,9 @@ class Budget:
         kd_logits_reduction: ``"token_mean"`` keeps the KL term's size independent of ``block_size``.
         warmup: warmup fraction of the steps.
         seed: seeds the router initialization, the data order and the trainer.
+        calibration_tokens: tokens of older text that initialize BinaryMoS experts, routers and output scales
+            (:func:`~optimum_binarymos.calibrate_model`); 0 = SVID scales and a random router (the paper).
+        scales_learning_rate: learning rate of scales and routers (``None``: ``learning_rate``).
     """
 
     steps: int = 30
@@ -82,6 +90,8 @@ class Budget:
     kd_logits_reduction: str = "token_mean"
     warmup: float = 0.05
     seed: int = 0
+    calibration_tokens: int = DEFAULT_CALIBRATION_TOKENS
+    scales_learning_rate: float | None = 5e-3
 
     def __post_init__(self) -> None:
         for name in ("steps", "block_size", "batch_size"):
@@ -97,26 +107,37 @@ class Budget:
         return self.steps * self.batch_size * self.block_size
 
     def describe(self) -> str:
+        scales = "" if self.scales_learning_rate is None else f" (scales {self.scales_learning_rate:g})"
+        init = f"calibrated on {self.calibration_tokens:,} tokens" if self.calibration_tokens else "SVID init"
         return (
             f"{self.steps} steps x {self.batch_size} x {self.block_size} tokens = {self.tokens:,} tokens, "
-            f"lr {self.learning_rate:g} cosine, KL ({self.kd_logits_reduction}) + {self.kd_hidden_weight:g} x "
-            f"{self.kd_hidden_loss} over every layer"
+            f"lr {self.learning_rate:g}{scales} cosine, KL ({self.kd_logits_reduction}) + "
+            f"{self.kd_hidden_weight:g} x {self.kd_hidden_loss} over every layer, {init}"
         )
+
+    @classmethod
+    def paper_init(cls, **kwargs: Any) -> Budget:
+        """The budget with the paper's initialization and one learning rate: SVID scales, random router."""
+        return cls(**{"calibration_tokens": 0, "scales_learning_rate": None, **kwargs})
 
     def as_dict(self) -> dict[str, Any]:
         return {**asdict(self), "tokens": self.tokens}
 
 
-def quantization_config(method: str, num_experts: int = 4, group_size: int = 128):
+def quantization_config(
+    method: str, num_experts: int = 4, group_size: int = 128, calibration: torch.Tensor | None = None
+):
     """The quantization config of ``method`` (one of :data:`METHODS`).
 
     ``"onebit"`` is ``BinaryMoSConfig(num_experts=1)``, ``"binarymos"`` ``BinaryMoSConfig(num_experts)``,
-    ``"ternary"`` ``TernaryConfig(group_size)``.
+    ``"ternary"`` ``TernaryConfig(group_size)``. ``calibration`` token ids, when given, calibrate the BinaryMoS
+    and OneBit students (ternary has no data-aware initialization).
     """
+    data = {} if calibration is None else {"dataset": calibration, "calibration_tokens": calibration.numel()}
     if method == "onebit":
-        return BinaryMoSConfig(num_experts=1)
+        return BinaryMoSConfig(num_experts=1, **data)
     if method == "binarymos":
-        return BinaryMoSConfig(num_experts=num_experts)
+        return BinaryMoSConfig(num_experts=num_experts, **data)
     if method == "ternary":
         return TernaryConfig(group_size=group_size)
     raise ValueError(f"method must be one of {list(METHODS)}, got {method!r}")
@@ -130,14 +151,16 @@ def build_student(
     dtype: torch.dtype = torch.float32,
     seed: int = 0,
     expert_spread: float = 0.0,
+    calibration: torch.Tensor | None = None,
 ) -> nn.Module:
     """Load the float checkpoint ``model_dir`` converted on the fly into a trainable ``method`` student.
 
     ``seed`` fixes the random router initialization, so runs repeat; ``expert_spread > 0`` applies
-    :func:`spread_experts` to a BinaryMoS student.
+    :func:`spread_experts` to a BinaryMoS student; ``calibration`` token ids (``SotuData.calibration``)
+    calibrate a BinaryMoS or OneBit student while it converts.
     """
     torch.manual_seed(seed)
-    config = quantization_config(method, num_experts)
+    config = quantization_config(method, num_experts, calibration=calibration)
     model = AutoModelForCausalLM.from_pretrained(model_dir, quantization_config=config, dtype=dtype)
     if expert_spread:
         spread_experts(model, expert_spread, seed)
@@ -179,11 +202,14 @@ class SotuData:
         train: :class:`~optimum_binarymos.distill.TokenBlocks` ``(steps * batch_size, block_size)``.
         eval_ids: ``LongTensor (num_tokens,)``, the evaluation addresses tokenized once.
         eval_from_year: first year of the evaluation addresses.
+        calibration: ``LongTensor (budget.calibration_tokens,)`` from the addresses just before the training
+            stretch (disjoint from it), or ``None`` when the budget calibrates nothing.
     """
 
     train: TokenBlocks
     eval_ids: torch.Tensor
     eval_from_year: int
+    calibration: torch.Tensor | None = None
 
 
 def sotu_data(
@@ -191,19 +217,37 @@ def sotu_data(
     budget: Budget,
     eval_from_year: int = DEFAULT_EVAL_FROM_YEAR,
     cache_dir: str | os.PathLike[str] | None = None,
+    split: str = "evaluation",
 ) -> SotuData:
     """Cut the addresses before ``eval_from_year`` into exactly the blocks ``budget`` trains on.
 
     The training text is the most recent stretch before ``eval_from_year`` long enough for the budget (the
     closest in style to the evaluation addresses); only that stretch is tokenized.
 
+    ``split="validation"`` is for choosing hyper-parameters without looking at the evaluation addresses: the
+    held-out text is then the decade before ``eval_from_year`` (:data:`VALIDATION_YEARS`) and training and
+    calibration text come from before it.
+
     Raises:
         ValueError: when all the older addresses together are too short for the budget.
     """
-    train_text, eval_text = sotu_split(eval_from_year, cache_dir)
+    if split == "validation":
+        train_text, _ = sotu_split(eval_from_year - VALIDATION_YEARS, cache_dir)
+        before_evaluation, _ = sotu_split(eval_from_year, cache_dir)
+        eval_text = before_evaluation[len(train_text) :].lstrip()  # the addresses of the held-out decade
+        eval_from_year -= VALIDATION_YEARS
+    elif split == "evaluation":
+        train_text, eval_text = sotu_split(eval_from_year, cache_dir)
+    else:
+        raise ValueError(f"split must be 'evaluation' or 'validation', got {split!r}")
     needed_blocks = budget.steps * budget.batch_size
     chars = needed_blocks * budget.block_size * _CHARS_PER_TOKEN
     train = text_blocks([train_text[-chars:]], tokenizer, budget.block_size)
+    calibration = None
+    if budget.calibration_tokens:
+        older = train_text[: -chars][-budget.calibration_tokens * _CHARS_PER_TOKEN :]
+        ids = tokenizer(older, add_special_tokens=False)["input_ids"]
+        calibration = torch.tensor(ids[-budget.calibration_tokens :], dtype=torch.long)
     if len(train) < needed_blocks:
         raise ValueError(
             f"The addresses before {eval_from_year} give {len(train)} blocks of {budget.block_size} tokens, "
@@ -211,7 +255,7 @@ def sotu_data(
         )
     train = TokenBlocks(train.blocks[-needed_blocks:])
     eval_ids = torch.tensor(tokenizer(eval_text, add_special_tokens=False)["input_ids"], dtype=torch.long)
-    return SotuData(train=train, eval_ids=eval_ids, eval_from_year=eval_from_year)
+    return SotuData(train=train, eval_ids=eval_ids, eval_from_year=eval_from_year, calibration=calibration)
 
 
 def distill(
@@ -241,6 +285,7 @@ def distill(
         kd_hidden_loss=budget.kd_hidden_loss,
         kd_hidden_weight=budget.kd_hidden_weight,
         kd_logits_reduction=budget.kd_logits_reduction,
+        scales_learning_rate=budget.scales_learning_rate,
         seed=budget.seed,
         logging_steps=1,
         save_strategy="no",
@@ -302,6 +347,33 @@ def token_scale_samples(
         handle.remove()
         model.train(was_training)
     return captured
+
+
+@torch.no_grad()
+def median_scale_spread(model: nn.Module, input_ids: torch.Tensor) -> float:
+    """Median over every BinaryMoS layer and output channel of :func:`token_spread` of the output scales.
+
+    One forward of ``model`` on ``input_ids`` ``(batch, seq)``; 0.0 for OneBit (static scales) or a model with
+    no BinaryMoS layer.
+    """
+    spreads: list[torch.Tensor] = []
+
+    def record(layer: nn.Module, args: tuple[torch.Tensor, ...]) -> None:
+        if layer.num_experts > 1:
+            _, scale_out = layer.token_scales(args[0].reshape(-1, args[0].shape[-1]))
+            spreads.append(token_spread(scale_out.float()))
+
+    layers = [m for m in model.modules() if isinstance(m, (BinaryMoSLinear, PackedBinaryMoSLinear))]
+    handles = [layer.register_forward_pre_hook(record) for layer in layers]
+    was_training = model.training
+    model.eval()
+    try:
+        model(input_ids=input_ids, use_cache=False)
+    finally:
+        for handle in handles:
+            handle.remove()
+        model.train(was_training)
+    return torch.cat(spreads).median().item() if spreads else 0.0
 
 
 def token_spread(scales: torch.Tensor) -> torch.Tensor:

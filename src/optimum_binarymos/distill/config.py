@@ -15,36 +15,43 @@ from .losses import HIDDEN_LOSSES, LOGITS_REDUCTIONS
 class DistillationConfig(TrainingArguments):
     r"""Training arguments for quantization-aware knowledge distillation of a BinaryMoS student.
 
-    Every :class:`~transformers.TrainingArguments` field works as usual. The defaults of the optimization
-    fields reproduce the BinaryMoS recipe: AdamW (0.9, 0.999), learning rate 2e-5, cosine schedule with 3 %
-    warmup, no weight decay, 3 epochs, per-device batch 4. The loss is::
+    Every :class:`~transformers.TrainingArguments` field works as usual. The loss is::
 
         loss = kd_logits_weight * KL(teacher || student)
              + kd_hidden_weight * sum over kd_hidden_layers of <kd_hidden_loss>(h_student, h_teacher)
 
-    and the ground-truth cross-entropy is not used (``labels`` in a batch are ignored). The defaults
-    (1.0, 10.0, ``"mse"``, every layer, ``"batchmean"``) are BinaryMoS's; :meth:`onebit` gives OneBit's.
+    and the ground-truth cross-entropy is not used (``labels`` in a batch are ignored).
+
+    The defaults are the small-budget recipe measured in ``benchmarks/results/recipe-ablation-cpu.md``: AdamW
+    (0.9, 0.999) at learning rate 1e-3 for the latent weights and 5e-3 for scales and routers, cosine schedule
+    with 5 % warmup, no weight decay, 3 epochs, per-device batch 4; KL averaged per token + 1.0 x OneBit's
+    normalized hidden-state distance over every layer. :meth:`paper` gives the BinaryMoS authors' recipe (lr 2e-5
+    for everything, 3 % warmup, KL summed over tokens + 10 x hidden MSE, meant for ~0.5 B tokens) and
+    :meth:`onebit` OneBit's loss.
 
     Example::
 
         >>> from optimum_binarymos.distill import DistillationConfig
         >>> args = DistillationConfig(output_dir="out", kd_hidden_loss="cosine", kd_hidden_layers=[0, -1])
         >>> args.learning_rate, args.kd_hidden_layers
-        (2e-05, [0, -1])
+        (0.001, [0, -1])
+        >>> DistillationConfig.paper(output_dir="out").learning_rate
+        2e-05
     """
 
-    # --- Defaults of the BinaryMoS recipe (same fields as TrainingArguments) ---
+    # --- Defaults of the small-budget recipe (same fields as TrainingArguments) ---
     learning_rate: float = field(
-        default=2e-5, metadata={"help": "Initial learning rate of AdamW (BinaryMoS recipe: 2e-5)."}
+        default=1e-3,
+        metadata={"help": "Peak learning rate of AdamW for the latent weights (paper: 2e-5 for everything)."},
     )
     lr_scheduler_type: SchedulerType | str = field(
         default="cosine", metadata={"help": "Learning rate schedule (BinaryMoS recipe: cosine)."}
     )
     warmup_steps: float = field(
-        default=0.03,
+        default=0.05,
         metadata={
             "help": "Linear warmup: a number of steps, or a float in [0, 1) for a fraction of all steps "
-            "(BinaryMoS recipe: 0.03)."
+            "(paper: 0.03)."
         },
     )
     weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay (BinaryMoS recipe: 0)."})
@@ -61,11 +68,11 @@ class DistillationConfig(TrainingArguments):
         metadata={"help": "Weight of KL(teacher || student) on the logits (BinaryMoS: 1.0; OneBit: 0.01)."},
     )
     kd_hidden_weight: float = field(
-        default=10.0,
+        default=1.0,
         metadata={"help": "Weight of the hidden-state term (BinaryMoS: 10.0; OneBit: 1.0). 0 disables it."},
     )
     kd_hidden_loss: Literal["mse", "normalized_mse", "cosine"] = field(
-        default="mse",
+        default="normalized_mse",
         metadata={
             "help": "Distance between student and teacher hidden states, per layer: 'mse' (BinaryMoS: mean "
             "squared error), 'normalized_mse' (OneBit: squared distance between per-token L2-normalized "
@@ -91,7 +98,7 @@ class DistillationConfig(TrainingArguments):
         },
     )
     kd_logits_reduction: Literal["batchmean", "token_mean"] = field(
-        default="batchmean",
+        default="token_mean",
         metadata={
             "help": "'batchmean' (as the authors): KL summed over real tokens, divided by the batch size, so "
             "it grows with the sequence length; 'token_mean': divided by the number of real tokens."
@@ -107,7 +114,7 @@ class DistillationConfig(TrainingArguments):
 
     # --- What trains ---
     scales_learning_rate: float | None = field(
-        default=None,
+        default=5e-3,
         metadata={
             "help": "Peak learning rate of the quantizer parameters (BinaryMoS scales and router, ternary "
             "scale and shift, biases) while the latent weights keep learning_rate; same schedule. None: "
@@ -172,6 +179,21 @@ class DistillationConfig(TrainingArguments):
             )
         if problems:
             raise ValueError("Invalid DistillationConfig: " + "; ".join(problems) + ".")
+
+    @classmethod
+    def paper(cls, **kwargs: Any) -> DistillationConfig:
+        """The BinaryMoS authors' recipe: lr 2e-5 for every parameter, 3 % warmup, KL summed over tokens
+        (``"batchmean"``) + 10 x the hidden-state MSE of every layer. Made for ~0.5 B tokens; ``kwargs`` override."""
+        preset: dict[str, Any] = {
+            "learning_rate": 2e-5,
+            "scales_learning_rate": None,
+            "warmup_steps": 0.03,
+            "kd_logits_weight": 1.0,
+            "kd_hidden_weight": 10.0,
+            "kd_hidden_loss": "mse",
+            "kd_logits_reduction": "batchmean",
+        }
+        return cls(**{**preset, **kwargs})
 
     @classmethod
     def onebit(cls, **kwargs: Any) -> DistillationConfig:
