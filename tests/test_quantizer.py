@@ -15,6 +15,7 @@ from optimum_binarymos import (
     BinaryMoSConfig,
     BinaryMoSLinear,
     PackedBinaryMoSLinear,
+    TernaryConfig,
     convert_model,
     modules_to_convert,
     pack_model,
@@ -260,3 +261,13 @@ def test_packed_models_train_only_through_adapters(packed_checkpoint):
     assert latent.hf_quantizer.is_qat_trainable
     pack_model(latent)
     assert not latent.hf_quantizer.is_qat_trainable
+
+
+@pytest.mark.parametrize("config_class", [BinaryMoSConfig, TernaryConfig])
+def test_one_module_name_given_as_a_string_is_one_name(config_class):
+    # A string used to become its characters (['m', 'l', 'p']) and every MLP layer was converted.
+    model = convert_model(make_float_model("llama"), config_class(modules_to_not_convert="mlp"))
+    assert config_class(modules_to_not_convert="mlp").modules_to_not_convert == ["mlp"]
+    for block in model.model.layers:
+        assert all(type(getattr(block.mlp, name)) is torch.nn.Linear for name in ("gate_proj", "up_proj", "down_proj"))
+        assert type(block.self_attn.q_proj) is not torch.nn.Linear

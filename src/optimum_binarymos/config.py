@@ -41,6 +41,15 @@ def newer_format_message(version: int, supported: int, layout: str, source: str 
     )
 
 
+def module_name_list(names: Any) -> list[str] | None:
+    """``modules_to_not_convert`` as a list: one name given as a string is one name, not its characters."""
+    if names is None:
+        return None
+    if isinstance(names, str):
+        return [names]
+    return list(names)
+
+
 def check_checkpoint_form(checkpoint_form: Any) -> None:
     """Refuse a ``checkpoint_form`` other than those of :data:`CHECKPOINT_FORMS`; otherwise loading would pick
     packed or latent skeletons from a typo and fail later on tensor shapes."""
@@ -98,9 +107,7 @@ class BinaryMoSConfig(QuantizationConfigMixin):
     ) -> None:
         self.quant_method = QUANT_METHOD
         self.num_experts = num_experts
-        self.modules_to_not_convert = (
-            list(modules_to_not_convert) if modules_to_not_convert is not None else None
-        )
+        self.modules_to_not_convert = module_name_list(modules_to_not_convert)
         self.svid_iterations = svid_iterations
         self.format_version = format_version
         self.checkpoint_form = checkpoint_form

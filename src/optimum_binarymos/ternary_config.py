@@ -9,7 +9,7 @@ from transformers.quantizers import register_quantization_config
 from transformers.utils.quantization_config import QuantizationConfigMixin
 
 from .config import CHECKPOINT_FORMS as CHECKPOINT_FORMS  # re-exported: both methods share the forms
-from .config import check_checkpoint_form, newer_format_message
+from .config import check_checkpoint_form, module_name_list, newer_format_message
 from .kernels.ternary import TRITON_GROUP_MULTIPLE
 from .nn.ternary import DEFAULT_GROUP_SIZE, DEFAULT_INIT_THRESHOLD, SHIFT_INITS
 from .packing import CODE_PACKINGS, TERNARY_FORMAT_VERSION
@@ -80,9 +80,7 @@ class TernaryConfig(QuantizationConfigMixin):
         self.code_packing = code_packing
         self.init_threshold = init_threshold
         self.shift_init = shift_init
-        self.modules_to_not_convert = (
-            list(modules_to_not_convert) if modules_to_not_convert is not None else None
-        )
+        self.modules_to_not_convert = module_name_list(modules_to_not_convert)
         self.format_version = format_version
         self.checkpoint_form = checkpoint_form
         # Reloading passes back every saved key; drop the one transformers adds itself.
