@@ -35,6 +35,12 @@ def test_quantize_writes_packed_or_latent_models(tiny_folder, tmp_path, capsys):
     assert any(isinstance(m, BinaryMoSLinear) for m in latent.modules())
     assert "saved latent BinaryMoS model" in capsys.readouterr().out
 
+    # A quantized input is refused instead of being saved with its own expert count under a message
+    # that repeats the flag.
+    assert main(["quantize", str(tmp_path / "packed"), str(tmp_path / "again"), "--num-experts", "1"]) == 2
+    assert "already quantized (quant_method 'binarymos')" in capsys.readouterr().err
+    assert not (tmp_path / "again").exists()
+
 
 def test_quantize_ternary(tiny_folder, tmp_path, capsys):
     from optimum_binarymos.nn import PackedTernaryLinear

@@ -113,6 +113,7 @@ def _quantize(args: argparse.Namespace) -> int:
             description = f"BinaryMoS model ({args.num_experts} experts)"
     except ValueError as error:
         raise CommandError(str(error)) from error
+    _refuse_quantized_input(args.model)
     model = _load_model(args.model, args.dtype, quantization_config=config)
     if args.form == "latent":
         with latent_saving(model):
@@ -124,6 +125,23 @@ def _quantize(args: argparse.Namespace) -> int:
         tokenizer.save_pretrained(args.output_dir)
     print(f"saved {args.form} {description} to {args.output_dir}")
     return 0
+
+
+def _refuse_quantized_input(path: str) -> None:
+    """``quantize`` starts from float weights: a model that is already quantized would keep its own settings
+    whatever the flags say (or lose precision twice)."""
+    from transformers import AutoConfig
+
+    try:
+        existing = getattr(AutoConfig.from_pretrained(path), "quantization_config", None)
+    except (OSError, ValueError):
+        return  # _load_model reports an unreadable model
+    if existing is not None:
+        method = existing.get("quant_method") if isinstance(existing, dict) else getattr(existing, "quant_method", None)
+        raise CommandError(
+            f"{path!r} is already quantized (quant_method {method!r}); quantize takes a float model. Give the "
+            "float checkpoint it came from."
+        )
 
 
 # evaluate ------------------------------------------------------------------------------------------------------
