@@ -216,10 +216,15 @@ def test_integer_scales_are_refused(ternary_checkpoint):
 
 
 def test_float_tensors_in_another_float_dtype_load(binary_checkpoint):
-    # from_pretrained casts them to the model's dtype.
+    # from_pretrained casts them to the model's dtype: the values are the stored bfloat16 ones, not zeros.
     name = "model.layers.0.self_attn.q_proj.scale_in"
     rewrite(binary_checkpoint / "model.safetensors", edit_tensors=cast(name, torch.bfloat16))
-    AutoModelForCausalLM.from_pretrained(binary_checkpoint)
+    stored = load_file(binary_checkpoint / "model.safetensors")[name]
+    assert stored.dtype == torch.bfloat16 and stored.abs().sum() > 0
+    model = AutoModelForCausalLM.from_pretrained(binary_checkpoint)
+    loaded = model.get_parameter(name)
+    assert loaded.dtype == torch.float32
+    torch.testing.assert_close(loaded, stored.float(), rtol=0, atol=0)
 
 
 # --- the shared conversion op ------------------------------------------------------------------------------------
