@@ -6,9 +6,9 @@ the same seed, and is scored by perplexity (GPTQ protocol, 256-token windows) on
 (2000 on, training from before 2000: the demo's evaluation). Rows differ only in the levers named in their
 label, so equal steps are equal wall clock up to the calibration pass, whose seconds are a column.
 
-A row is ``name:experts:init:scales_lr``: init ``svid`` (the paper), ``rms`` or ``relative`` (data-aware,
+A row is ``name:experts:init:scales_lr[:route_temperature]``: init ``svid`` (the paper), ``rms`` or ``relative`` (data-aware,
 :func:`optimum_binarymos.calibrate_model` with that ``scale_fit``); scales_lr ``none`` (one learning rate) or a
-number. Writes ``<output>.md`` (table, command, machine, date) and ``<output>.json``.
+number; route_temperature defaults to the library's. Writes ``<output>.md`` (table, command, machine, date) and ``<output>.json``.
 
 Run from the repository root (about 3.5 min per row at 20 steps on 2 CPU cores)::
 
@@ -37,6 +37,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from optimum_binarymos import calibrate_model
 from optimum_binarymos.assets import smollm2_path
+from optimum_binarymos.calibration import DEFAULT_ROUTE_TEMPERATURE
 from optimum_binarymos.experiment import (
     Budget,
     build_student,
@@ -48,7 +49,7 @@ from optimum_binarymos.experiment import (
 
 
 def parse_row(text: str) -> dict:
-    name, experts, init, scales_lr = text.split(":")
+    name, experts, init, scales_lr, *temperature = text.split(":")
     if init not in ("svid", "rms", "relative"):
         raise argparse.ArgumentTypeError(f"init must be svid, rms or relative, got {init!r}")
     return {
@@ -56,6 +57,7 @@ def parse_row(text: str) -> dict:
         "experts": int(experts),
         "init": init,
         "scales_lr": None if scales_lr == "none" else float(scales_lr),
+        "route_temperature": float(temperature[0]) if temperature else DEFAULT_ROUTE_TEMPERATURE,
     }
 
 
@@ -81,7 +83,7 @@ def run_row(row: dict, model_dir: Path, teacher, data, budget: Budget, eval_wind
     if row["init"] != "svid":
         report = calibrate_model(
             student, data.calibration, num_tokens=data.calibration.numel(), scale_fit=row["init"],
-            seed=budget.seed, progress=False,
+            route_temperature=row["route_temperature"], seed=budget.seed, progress=False,
         )
         calibration_seconds = report.seconds
     probe = data.eval_ids[None, :256]
@@ -112,14 +114,16 @@ def render(results: dict) -> str:
         f"- held out: {results['held_out']}; {results['eval_windows']} windows of 256 tokens",
         f"- float model: perplexity {results['float_ppl']:.2f}",
         "",
-        "| row | experts | init | scales lr | ppl after convert | ppl after distill | scale spread before / after |"
-        " calibration s | distill s |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| row | experts | init | route temperature | scales lr | ppl after convert | ppl after distill |"
+        " scale spread before / after | calibration s | distill s |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in results["rows"]:
         scales_lr = "= lr" if row["scales_lr"] is None else f"{row['scales_lr']:g}"
+        calibrated_router = row["init"] != "svid" and row["experts"] > 1
+        temperature = f"{row.get('route_temperature', DEFAULT_ROUTE_TEMPERATURE):g}" if calibrated_router else "-"
         lines.append(
-            f"| {row['name']} | {row['experts']} | {row['init']} | {scales_lr} | {row['converted_ppl']:,.0f} | "
+            f"| {row['name']} | {row['experts']} | {row['init']} | {temperature} | {scales_lr} | {row['converted_ppl']:,.0f} | "
             f"{row['ppl']:,.1f} | {row['spread_before']:.2%} / {row['spread_after']:.2%} | "
             f"{row['calibration_seconds']:.1f} | {row['distill_seconds']:.0f} |"
         )
