@@ -1,16 +1,16 @@
 SHELL := /bin/bash
 # Everything runs inside project-local virtualenvs that make builds from scratch.
-#   .venv         `make venv`: the exact versions of requirements/cpu.txt (what `make test`, `make demo` and CI use)
+#   .venv         `make venv`: the exact versions of requirements-cpu.txt (what `make test`, `make demo` and CI use)
 #   .venv-latest  `make test-latest`: the newest versions pyproject.toml allows (drift check, not part of CI)
-#   .venv-lock    `make lock`: pip-tools, to regenerate requirements/cpu.txt
+#   .venv-lock    `make lock`: pip-tools, to regenerate requirements-cpu.txt
 PYTHON ?= python3
 VENV ?= .venv
 VENV_PY := $(VENV)/bin/python
 VENV_STAMP := $(VENV)/.installed
 LATEST_VENV ?= .venv-latest
 LOCK_VENV ?= .venv-lock
-LOCK := requirements/cpu.txt
-LOCK_INPUT := requirements/cpu.in
+LOCK := requirements-cpu.txt
+LOCK_INPUT := requirements-cpu.in
 PIP_TOOLS_VERSION ?= 7.6.2
 # The extras every locked environment carries.
 EXTRAS := test,demo,bench
@@ -48,7 +48,7 @@ demo: venv
 lint: venv
 	$(VENV)/bin/ruff check .
 
-# Regenerate the lock after changing dependencies in pyproject.toml or requirements/cpu.in (and now and then
+# Regenerate the lock after changing dependencies in pyproject.toml or requirements-cpu.in (and now and then
 # to take upstream fixes): resolves the newest versions the metadata allows, with every file's hash.
 lock:
 	$(PYTHON) -m venv $(LOCK_VENV)
