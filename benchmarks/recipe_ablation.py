@@ -6,14 +6,18 @@ the same seed, and is scored by perplexity (GPTQ protocol, 256-token windows) on
 (2000 on, training from before 2000: the demo's evaluation). Rows differ only in the levers named in their
 label, so equal steps are equal wall clock up to the calibration pass, whose seconds are a column.
 
-A row is ``name:experts:init:scales_lr[:route_temperature]``: init ``svid`` (the paper), ``rms`` or ``relative`` (data-aware,
-:func:`optimum_binarymos.calibrate_model` with that ``scale_fit``); scales_lr ``none`` (one learning rate) or a
-number; route_temperature defaults to the library's. Writes ``<output>.md`` (table, command, machine, date) and ``<output>.json``.
+A row is ``name:key=value,...`` with keys ``experts`` (1 = OneBit; default 4), ``init`` (``svid``: the paper;
+``rms`` / ``relative``: data-aware, :func:`optimum_binarymos.calibrate_model` with that ``scale_fit``; default
+``svid``), ``lr`` (latent weights' peak learning rate; default ``--learning-rate``), ``scales_lr`` (``none``: one
+learning rate; default ``none``), ``latent`` (``train`` or ``frozen``), ``temperature`` (the router's route
+temperature) and ``hidden_weight`` (weight of the hidden-state term). The older positional form
+``name:experts:init:scales_lr[:route_temperature]`` still parses. Writes ``<output>.md`` (table, command, machine,
+date) and ``<output>.json``.
 
 Run from the repository root (about 3.5 min per row at 20 steps on 2 CPU cores)::
 
     python benchmarks/recipe_ablation.py --split validation --steps 20 \\
-        --rows onebit:1:svid:none binarymos:4:svid:none binarymos-rms:4:rms:none \\
+        --rows onebit:experts=1 binarymos:experts=4 binarymos-rms:experts=4,init=rms,scales_lr=5e-3 \\
         --output benchmarks/results/recipe-ablation-validation-cpu
 """
 
@@ -23,9 +27,7 @@ import argparse
 import datetime
 import json
 import os
-import platform
 import shlex
-import subprocess
 import sys
 import tempfile
 import time
@@ -46,51 +48,73 @@ from optimum_binarymos.experiment import (
     median_scale_spread,
     sotu_data,
 )
+from optimum_binarymos.hardware import cpu_info
+
+ROW_DEFAULTS = {
+    "experts": 4,
+    "init": "svid",
+    "lr": None,
+    "scales_lr": None,
+    "latent": "train",
+    "temperature": DEFAULT_ROUTE_TEMPERATURE,
+    "hidden_weight": Budget.kd_hidden_weight,
+}
 
 
 def parse_row(text: str) -> dict:
-    name, experts, init, scales_lr, *temperature = text.split(":")
-    if init not in ("svid", "rms", "relative"):
-        raise argparse.ArgumentTypeError(f"init must be svid, rms or relative, got {init!r}")
-    return {
-        "name": name,
-        "experts": int(experts),
-        "init": init,
-        "scales_lr": None if scales_lr == "none" else float(scales_lr),
-        "route_temperature": float(temperature[0]) if temperature else DEFAULT_ROUTE_TEMPERATURE,
-    }
+    name, _, rest = text.partition(":")
+    fields = rest.split(":") if rest else []
+    if fields and "=" not in fields[0]:  # name:experts:init:scales_lr[:route_temperature]
+        keys = ("experts", "init", "scales_lr", "temperature")
+        pairs = dict(zip(keys, fields, strict=False))
+    else:
+        pairs = dict(item.split("=", 1) for item in rest.split(",") if item)
+    unknown = set(pairs) - set(ROW_DEFAULTS)
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown row keys {sorted(unknown)}; known: {sorted(ROW_DEFAULTS)}")
+    row = {"name": name, **ROW_DEFAULTS}
+    for key, value in pairs.items():
+        if key in ("init", "latent"):
+            row[key] = value
+        elif key == "experts":
+            row[key] = int(value)
+        else:
+            row[key] = None if value == "none" else float(value)
+    if row["init"] not in ("svid", "rms", "relative"):
+        raise argparse.ArgumentTypeError(f"init must be svid, rms or relative, got {row['init']!r}")
+    if row["latent"] not in ("train", "frozen"):
+        raise argparse.ArgumentTypeError(f"latent must be train or frozen, got {row['latent']!r}")
+    return row
 
 
 def machine() -> str:
-    model, flags = platform.processor() or platform.machine(), ""
-    try:
-        for line in subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout.splitlines():
-            if line.startswith("Model name:"):
-                model = line.split(":", 1)[1].strip()
-            if line.startswith("Flags:"):
-                wanted = ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni", "amx_tile")
-                flags = " ".join(flag for flag in line.split()[1:] if flag in wanted)
-    except (OSError, subprocess.CalledProcessError):
-        pass
-    return f"{model} ({flags}), {os.cpu_count()} cores, {torch.get_num_threads()} torch threads, torch {torch.__version__}"
+    return f"{cpu_info()}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads, torch {torch.__version__}"
 
 
 def run_row(row: dict, model_dir: Path, teacher, data, budget: Budget, eval_windows: int, work: Path) -> dict:
     method = "onebit" if row["experts"] == 1 else "binarymos"
-    row_budget = replace(budget, scales_learning_rate=row["scales_lr"])
+    row_budget = replace(
+        budget,
+        scales_learning_rate=row["scales_lr"],
+        learning_rate=row["lr"] or budget.learning_rate,
+        kd_hidden_weight=row["hidden_weight"],
+    )
     student = build_student(model_dir, method, num_experts=row["experts"], seed=budget.seed)
     calibration_seconds = 0.0
     if row["init"] != "svid":
         report = calibrate_model(
             student, data.calibration, num_tokens=data.calibration.numel(), scale_fit=row["init"],
-            route_temperature=row["route_temperature"], seed=budget.seed, progress=False,
+            route_temperature=row["temperature"], seed=budget.seed, progress=False,
         )
         calibration_seconds = report.seconds
     probe = data.eval_ids[None, :256]
     converted = evaluate_perplexity(student, data.eval_ids, seq_len=256, max_windows=eval_windows)
     spread_before = median_scale_spread(student, probe)
     started = time.perf_counter()
-    history = distill(student, teacher, data.train, row_budget, work / row["name"], progress=False)
+    history = distill(
+        student, teacher, data.train, row_budget, work / row["name"], progress=False,
+        train_latent_weights=row["latent"] == "train",
+    )
     distill_seconds = time.perf_counter() - started
     return {
         **row,
@@ -114,16 +138,20 @@ def render(results: dict) -> str:
         f"- held out: {results['held_out']}; {results['eval_windows']} windows of 256 tokens",
         f"- float model: perplexity {results['float_ppl']:.2f}",
         "",
-        "| row | experts | init | route temperature | scales lr | ppl after convert | ppl after distill |"
-        " scale spread before / after | calibration s | distill s |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| row | experts | init | route temperature | lr | scales lr | latent weights | hidden weight |"
+        " ppl after convert | ppl after distill | scale spread before / after | calibration s | distill s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in results["rows"]:
         scales_lr = "= lr" if row["scales_lr"] is None else f"{row['scales_lr']:g}"
         calibrated_router = row["init"] != "svid" and row["experts"] > 1
-        temperature = f"{row.get('route_temperature', DEFAULT_ROUTE_TEMPERATURE):g}" if calibrated_router else "-"
+        temperature = row.get("temperature", row.get("route_temperature", DEFAULT_ROUTE_TEMPERATURE))
+        temperature = f"{temperature:g}" if calibrated_router else "-"
+        lr = f"{row.get('lr') or results['budget']['learning_rate']:g}"
+        hidden = f"{row.get('hidden_weight', results['budget']['kd_hidden_weight']):g}"
         lines.append(
-            f"| {row['name']} | {row['experts']} | {row['init']} | {temperature} | {scales_lr} | {row['converted_ppl']:,.0f} | "
+            f"| {row['name']} | {row['experts']} | {row['init']} | {temperature} | {lr} | {scales_lr} | "
+            f"{row.get('latent', 'train')} | {hidden} | {row['converted_ppl']:,.0f} | "
             f"{row['ppl']:,.1f} | {row['spread_before']:.2%} / {row['spread_after']:.2%} | "
             f"{row['calibration_seconds']:.1f} | {row['distill_seconds']:.0f} |"
         )
@@ -132,7 +160,7 @@ def render(results: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rows", nargs="+", type=parse_row, required=True, help="name:experts:init:scales_lr")
+    parser.add_argument("--rows", nargs="+", type=parse_row, required=True, help="name:key=value,... (see above)")
     parser.add_argument("--split", choices=["validation", "evaluation"], default="validation")
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--learning-rate", type=float, default=Budget.learning_rate)

@@ -45,6 +45,7 @@ from optimum_binarymos.experiment import (
     median_scale_spread,
     sotu_data,
 )
+from optimum_binarymos.hardware import cpu_info
 
 DEFAULT_PROMPT = "The state of our union is"
 
@@ -262,24 +263,11 @@ def main(argv: list[str] | None = None) -> int:
         packed_bytes=folder_size_bytes(out / "binarymos"),
         float16_bytes=folder_size_bytes(out / "float16"),
         date=time.strftime("%Y-%m-%d"),
-        cpu=cpu_model(),
+        cpu=str(cpu_info()),
     )
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     print(f"\nfigures written to {out / 'results.json'}")
     return 0 if logits_match else 1
-
-
-def cpu_model() -> str:
-    """The CPU's model name (figures differ between machines)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    import platform
-
-    return platform.processor() or "unknown"
 
 
 if __name__ == "__main__":

@@ -633,3 +633,18 @@ def test_scales_learning_rate_puts_scales_and_routers_in_their_own_groups(tmp_pa
         train_dataset=random_blocks(),
     )
     assert {group["lr"] for group in same.create_optimizer().param_groups} == {1e-3}
+
+
+def test_frozen_latent_weights_keep_the_signs_and_train_only_quantizer_parameters(tmp_path):
+    teacher, student = tiny_pair()
+    layer = student.model.layers[0].mlp.up_proj
+    weight, scale_out = layer.weight.detach().clone(), layer.scale_out.detach().clone()
+    trainer = DistillationTrainer(
+        model=student, teacher_model=teacher, args=tiny_args(tmp_path, train_latent_weights=False),
+        train_dataset=random_blocks(),
+    )
+    assert not layer.weight.requires_grad and layer.scale_out.requires_grad
+    trainer.train()
+    assert torch.equal(layer.weight, weight) and not torch.equal(layer.scale_out, scale_out)
+    with pytest.raises(ValueError, match="train_latent_weights=False needs train_binarymos_only"):
+        tiny_args(tmp_path, train_latent_weights=False, train_binarymos_only=False)

@@ -100,6 +100,21 @@ def test_gradients_reach_latent_weight_scales_router_and_bias():
         assert grad is not None and grad.abs().sum() > 0, name
 
 
+def test_latent_weight_gradient_follows_the_straight_through_formula():
+    layer = trained_like_layer(4, bias=False)
+    with torch.no_grad():
+        layer.weight[:3].mul_(50)  # rows far past |w| = 1, where the gradient must stop
+    x, grad_y = torch.randn(5, 37), torch.randn(5, 21)
+    layer(x).backward(grad_y)
+    with torch.no_grad():
+        gates = torch.softmax(x @ layer.router_weight.T, dim=-1)
+        s_in, s_out = gates @ layer.scale_in, gates @ layer.scale_out
+        # y = ((x * s_in) @ sign(W)^T) * s_out, so dL/dsign(W) = (grad_y * s_out)^T @ (x * s_in)
+        expected = ((grad_y * s_out).T @ (x * s_in)) * (layer.weight.abs() < 1)
+    assert (layer.weight.abs()[:3] >= 1).any() and (expected[:3] == 0).any()
+    torch.testing.assert_close(layer.weight.grad, expected, rtol=1e-5, atol=1e-6)
+
+
 def test_half_precision_layers_run():
     layer = trained_like_layer(4, bias=True).to(torch.bfloat16)
     packed = PackedBinaryMoSLinear.from_latent(layer)

@@ -128,6 +128,14 @@ class DistillationConfig(TrainingArguments):
             "freeze embeddings, lm_head and norms, as in the paper."
         },
     )
+    train_latent_weights: bool = field(
+        default=True,
+        metadata={
+            "help": "Train the latent weights (sign flips). False: only the quantizer parameters train (scales, "
+            "router, biases), the signs stay those of the float model, and each step skips the weight-gradient "
+            "products. Needs train_binarymos_only."
+        },
+    )
     master_weights_fp32: bool = field(
         default=True,
         metadata={
@@ -165,6 +173,8 @@ class DistillationConfig(TrainingArguments):
             or not self.scales_learning_rate > 0
         ):
             problems.append(f"scales_learning_rate must be a number > 0 or None, got {self.scales_learning_rate!r}")
+        if not self.train_latent_weights and not self.train_binarymos_only:
+            problems.append("train_latent_weights=False needs train_binarymos_only=True (it decides what trains)")
         if isinstance(self.kd_temperature, bool) or not isinstance(self.kd_temperature, (int, float)):
             problems.append(f"kd_temperature must be a number > 0 (1.0 = none), got {self.kd_temperature!r}")
         elif self.kd_temperature <= 0:

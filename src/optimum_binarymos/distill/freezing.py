@@ -52,13 +52,15 @@ def latent_weights(model: nn.Module) -> list[nn.Parameter]:
     return [layer.weight for _, layer in binarymos_layers(model)]
 
 
-def binarymos_trainable_parameters(model: nn.Module) -> TrainableCount:
+def binarymos_trainable_parameters(model: nn.Module, train_latent_weights: bool = True) -> TrainableCount:
     """Make only the BinaryMoS layers' parameters trainable, in place, and log the counts.
 
     Trainable: each latent layer's ``weight`` (only its sign is used forward), ``scale_in``, ``scale_out``,
     ``router_weight`` and ``bias`` (for a model of another method of this package, such as ternary, every
     parameter of its latent layers). Frozen (``requires_grad=False``): everything else, i.e. embeddings,
-    ``lm_head``, norms and any module kept in float.
+    ``lm_head``, norms and any module kept in float. With ``train_latent_weights=False`` the latent weights are
+    frozen too (the signs stay those of the float model; only quantizer parameters train, and backward skips
+    every weight-gradient product).
 
     Raises:
         ValueError: when ``model`` has no latent BinaryMoS layer (a float model, or a packed one).
@@ -80,6 +82,8 @@ def binarymos_trainable_parameters(model: nn.Module) -> TrainableCount:
     model.requires_grad_(False)
     for _, layer in layers:
         layer.requires_grad_(True)
+        if not train_latent_weights:
+            layer.weight.requires_grad_(False)
     count = TrainableCount(
         trainable=sum(p.numel() for p in model.parameters() if p.requires_grad),
         total=sum(p.numel() for p in model.parameters()),

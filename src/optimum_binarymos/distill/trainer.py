@@ -127,7 +127,7 @@ class DistillationTrainer(Trainer):
             )
         self.trainable_count: TrainableCount | None = None
         if args.train_binarymos_only:
-            self.trainable_count = binarymos_trainable_parameters(model)
+            self.trainable_count = binarymos_trainable_parameters(model, args.train_latent_weights)
         # The teacher computes in the dtype the student was loaded in (read before any float32 upcast).
         embeddings = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
         weight = getattr(embeddings, "weight", None)
