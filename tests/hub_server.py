@@ -65,6 +65,8 @@ class FakeHub:
         self.repos: dict[str, Repo] = {}
         self.requests: list[str] = []
         self.unknown_requests: list[str] = []
+        # (repo_id, path) -> HTTP status that every download of that file gets (a Hub in trouble).
+        self.failing_files: dict[tuple[str, str], int] = {}
         self.lock = threading.Lock()
         self._server: ThreadingHTTPServer | None = None
         self._counter = 0
@@ -362,6 +364,9 @@ class _Handler(BaseHTTPRequestHandler):
         self._send_json([_file_entry(path, snapshot[path]) for path in wanted if path in snapshot])
 
     def resolve(self, method: str, repo: str, rev: str, path: str) -> None:
+        failure = self.state.failing_files.get((repo, path))
+        if failure is not None:
+            raise HttpError(failure, f"The test hub fails {path} with {failure}")
         record = self._repo(repo)
         sha = self._commit_id(record, rev)
         content = record.commits[sha].get(path)

@@ -284,6 +284,15 @@ PUSH_AND_RELOAD = """
                         repo_id="user/hand-written")
     model.push_to_hub("user/hand-written")
 
+    # When the Hub cannot say whether a card exists (an error, not a 404), the push stops and the card stays.
+    HfApi().create_repo("user/flaky")
+    HfApi().upload_file(path_or_fileobj=b"# Mine too\\n", path_in_repo="README.md", repo_id="user/flaky")
+    try:
+        model.push_to_hub("user/flaky")
+        flaky_error = ""
+    except Exception as error:
+        flaky_error = str(error)
+
     # save_pretrained(push_to_hub=True) and a push to another branch upload the card too.
     model.save_pretrained(f"{out_dir}/via-save", push_to_hub=True, repo_id="user/via-save")
     with torch.no_grad():
@@ -301,6 +310,7 @@ PUSH_AND_RELOAD = """
         "changed": not close(first_logits, second_logits),
         "first_revision_equal": close(logits(at_first), first_logits),
         "main_equal": close(logits(at_main), second_logits),
+        "flaky_error": flaky_error,
     }))
 """
 
@@ -311,6 +321,7 @@ def pushed(hub, tmp_path_factory):
     work = tmp_path_factory.mktemp("push")
     save_tiny_llama_with_tokenizer(work / "float")
     args = (str(work / "float"), str(work), FLOAT_REPO, REPO)
+    hub.failing_files[("user/flaky", "README.md")] = 500
     result = last_json(finish(start_python(PUSH_AND_RELOAD, hub_env(hub, work / "hf-home"), *args)))
     return {"work": work, **result}
 
@@ -358,6 +369,12 @@ def test_save_pretrained_with_push_and_a_push_to_a_branch_upload_the_card(hub, p
     dev = hub.repos[REPO].refs["dev"]
     assert hub.repos[REPO].messages[dev] == "On a branch" and dev != hub.repos[REPO].refs["main"]
     assert CARD_MARKER in hub.files(REPO, "dev")["README.md"].decode()
+
+
+def test_push_stops_and_keeps_the_card_when_the_hub_cannot_say_whether_one_exists(hub, pushed):
+    assert "could not read the README.md" in pushed["flaky_error"]
+    assert hub.files("user/flaky")["README.md"] == b"# Mine too\n"
+    assert len(hub.history("user/flaky")) == 2  # its creation and the card: no upload commit
 
 
 def test_push_keeps_a_hand_written_card_and_adds_the_tags(hub, pushed):

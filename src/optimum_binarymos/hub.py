@@ -25,7 +25,13 @@ from pathlib import Path
 from typing import Any
 
 from huggingface_hub import CommitOperationAdd, HfApi, ModelCard, hf_hub_download
-from huggingface_hub.errors import EntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError
+from huggingface_hub.errors import (
+    HfHubHTTPError,
+    LocalEntryNotFoundError,
+    RemoteEntryNotFoundError,
+    RepositoryNotFoundError,
+    RevisionNotFoundError,
+)
 from torch import nn
 
 from .model_card import (
@@ -203,8 +209,14 @@ def _hand_written_remote_card(repo_id: str, revision: str | None, token) -> Mode
     """The repo's README.md when a person wrote it (no generator marker); ``None`` when absent or generated."""
     try:
         path = hf_hub_download(repo_id, "README.md", revision=revision, token=token)
-    except (EntryNotFoundError, RevisionNotFoundError, RepositoryNotFoundError):
-        return None
+    except (RemoteEntryNotFoundError, RevisionNotFoundError, RepositoryNotFoundError):
+        return None  # the Hub answered: there is no card to keep
+    except (LocalEntryNotFoundError, HfHubHTTPError) as error:
+        # A 5xx, a 429 or no connection: a card may exist, and uploading ours would overwrite it.
+        raise OSError(
+            f"push_to_hub could not read the README.md of {repo_id} to keep a hand-written card, so nothing was "
+            f"uploaded; try again when the Hub answers ({error})"
+        ) from error
     card = ModelCard.load(path, ignore_metadata_errors=True)
     return None if CARD_MARKER in card.content else card
 
