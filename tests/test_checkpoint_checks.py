@@ -256,3 +256,24 @@ def test_both_conversion_ops_return_the_layer_tensors_in_order(float_checkpoint)
         ValueError, match=r"has shape \(191, 64\) but transformer\.h\.0\.attn\.c_attn expects"
     ):
         TernaryInitialize(ternary.hf_quantizer).convert({key: weight[:, :-1]}, model=ternary)
+
+
+@pytest.mark.parametrize("first_shard_size, second_shard_size", [(None, "20KB"), ("20KB", None)])
+def test_saving_over_an_older_model_leaves_only_the_new_weights(
+    float_checkpoint, tmp_path, first_shard_size, second_shard_size
+):
+    model = AutoModelForCausalLM.from_pretrained(
+        float_checkpoint("llama"), quantization_config=BinaryMoSConfig(num_experts=2)
+    )
+    model.save_pretrained(tmp_path, **({"max_shard_size": first_shard_size} if first_shard_size else {}))
+    layer = model.model.layers[0].mlp.up_proj
+    with torch.no_grad():
+        layer.scale_out.mul_(3.0)
+    model.save_pretrained(tmp_path, **({"max_shard_size": second_shard_size} if second_shard_size else {}))
+    weight_files = sorted(path.name for path in tmp_path.glob("model*"))
+    if second_shard_size:
+        assert "model.safetensors" not in weight_files and "model.safetensors.index.json" in weight_files
+    else:
+        assert weight_files == ["model.safetensors"]
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path)
+    assert torch.equal(reloaded.model.layers[0].mlp.up_proj.scale_out, layer.scale_out)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import re
 import tempfile
 from collections.abc import Iterable, Mapping
 from importlib import metadata as importlib_metadata
@@ -109,10 +110,11 @@ def save_pretrained(model: nn.Module, save_directory: str | os.PathLike, *args, 
         for name in ("repo_id", "commit_message", "create_pr", "private")
         if name in kwargs
     }
-    before = _timestamps(save_directory) if push else {}
+    before = _timestamps(save_directory)
     _unwrapped(model, "save_pretrained")(save_directory, *args, **kwargs)
     if not is_main_process or getattr(model, "_hf_peft_config_loaded", False):
         return  # other ranks write nothing; an adapter folder is not this model
+    _remove_stale_weights(Path(save_directory), before)
     if not push:
         write_model_card(model, save_directory, model_id=str(save_directory))
         return
@@ -194,6 +196,25 @@ def _api() -> HfApi:
     except importlib_metadata.PackageNotFoundError:
         version = None
     return HfApi(library_name="optimum-binarymos", library_version=version)
+
+
+_WEIGHT_FILE = re.compile(r"model(-\d{5}-of-\d{5})?\.safetensors(\.index\.json)?")
+
+
+def _remove_stale_weights(folder: Path, before: dict[str, float]) -> None:
+    """Delete weight files this save did not write, so that the folder holds one model, the new one.
+
+    transformers' cleanup keeps a ``model.safetensors`` beside a new sharded save (and loading would then read
+    the old single file); any ``model*.safetensors`` or index that is older than the save is removed.
+    """
+    after = _timestamps(folder)
+    written = {name for name, stamp in after.items() if before.get(name) != stamp}
+    if not any(_WEIGHT_FILE.fullmatch(name) for name in written):
+        return  # nothing of ours was saved here (another writer's files are not ours to judge)
+    for name in after:
+        if "/" not in name and _WEIGHT_FILE.fullmatch(name) and name not in written:
+            logger.info("Removing %s, left in %s by an earlier save", name, folder)
+            (folder / name).unlink()
 
 
 def _timestamps(folder: str | os.PathLike) -> dict[str, float]:
