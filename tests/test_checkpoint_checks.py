@@ -277,3 +277,15 @@ def test_saving_over_an_older_model_leaves_only_the_new_weights(
         assert weight_files == ["model.safetensors"]
     reloaded = AutoModelForCausalLM.from_pretrained(tmp_path)
     assert torch.equal(reloaded.model.layers[0].mlp.up_proj.scale_out, layer.scale_out)
+
+
+@pytest.mark.parametrize("name", ["model.layers.0.self_attn.q_proj.scale_out", "model.layers.1.mlp.up_proj.scale_in"])
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_scales_holding_nan_or_inf_are_refused_naming_the_tensor(binary_checkpoint, name, bad):
+    def poison(tensors):
+        tensors[name] = tensors[name].clone()
+        tensors[name].view(-1)[3] = bad
+
+    rewrite(binary_checkpoint / "model.safetensors", edit_tensors=poison)
+    with pytest.raises(ValueError, match=rf"{re.escape(name)} hold NaN or Inf"):
+        AutoModelForCausalLM.from_pretrained(binary_checkpoint)

@@ -177,6 +177,8 @@ class PackingHfQuantizer(HfQuantizer):
 
     def _process_model_after_weight_loading(self, model, **kwargs):
         _check_fully_loaded(model, (self.latent_layer_type, self.packed_layer_type), self.method_name)
+        if self.pre_quantized:
+            _check_finite(model, (self.latent_layer_type, self.packed_layer_type), self.method_name)
         # Whatever was loaded, the next save_pretrained writes packed layers unless asked otherwise.
         self.quantization_config.checkpoint_form = "packed"
         self._calibrate(model)
@@ -405,6 +407,23 @@ def _check_fully_loaded(model: nn.Module, layer_types: tuple[type[nn.Module], ..
         raise ValueError(
             f"The checkpoint is missing {method_name} tensors: {shown}. It was not written by this version of "
             "optimum-binarymos for this architecture, or it is incomplete."
+        )
+
+
+def _check_finite(model: nn.Module, layer_types: tuple[type[nn.Module], ...], method_name: str) -> None:
+    """Refuse loaded scales, routers or biases holding NaN or Inf: every logit of the model would be NaN."""
+    broken = [
+        f"{module_name}.{tensor_name}"
+        for module_name, module in model.named_modules()
+        if isinstance(module, layer_types)
+        for tensor_name, tensor in module.named_parameters(recurse=False)
+        if tensor.is_floating_point() and tensor.device.type != "meta" and not torch.isfinite(tensor).all()
+    ]
+    if broken:
+        shown = ", ".join(broken[:5]) + (f" and {len(broken) - 5} more" if len(broken) > 5 else "")
+        raise ValueError(
+            f"The checkpoint's {method_name} tensors {shown} hold NaN or Inf; the model would only output NaN. "
+            "The file is damaged, or the model diverged before it was saved."
         )
 
 
