@@ -9,6 +9,7 @@ wider buffer of 0xFF bytes, so a kernel that ignores their row stride reads the 
 
 from __future__ import annotations
 
+import hashlib
 import multiprocessing
 import os
 import subprocess
@@ -30,6 +31,7 @@ from optimum_binarymos.kernels.native import (
     NativeKernels,
     build,
     build_library,
+    digest_path,
     native_kernels,
 )
 
@@ -302,10 +304,32 @@ def test_native_kernel_in_a_forked_child():
 
 def test_native_build_reuses_the_cache_and_reports_a_missing_compiler(tmp_path, monkeypatch):
     first = build_library(cache_dir=tmp_path)
-    assert build_library(cache_dir=tmp_path) == first and len(list(tmp_path.iterdir())) == 1
+    assert build_library(cache_dir=tmp_path) == first
+    assert sorted(path.name for path in tmp_path.iterdir()) == [first.name, digest_path(first).name]
     monkeypatch.setenv("CC", str(tmp_path / "no-such-compiler"))
     with pytest.raises(NativeBuildError, match="could not compile"):
         build_library(cache_dir=tmp_path / "empty")
+
+
+@pytest.mark.parametrize("damage", ["truncated", "garbage", "no digest", "other library"])
+def test_a_damaged_cached_library_is_rebuilt_not_loaded(tmp_path, damage):
+    library = build_library(cache_dir=tmp_path)
+    original = library.read_bytes()
+    digest = digest_path(library)
+    if damage == "truncated":
+        library.write_bytes(original[: len(original) // 3])
+    elif damage == "garbage":
+        library.write_bytes(b"\x7fELF not a library" * 100)
+    elif damage == "no digest":
+        digest.unlink()
+    else:  # a planted library under the cached name: its constructor must never run
+        other = build_library(cache_dir=tmp_path / "other", extra_flags=("-DBINARYMOS_PORTABLE",))
+        library.write_bytes(other.read_bytes())
+    rebuilt = build_library(cache_dir=tmp_path)
+    assert rebuilt == library and digest.is_file()
+    assert digest.read_text().strip() == hashlib.sha256(rebuilt.read_bytes()).hexdigest()
+    case, expected = make_case(3, experts=2, bias=False)
+    assert_matches(NativeKernels(rebuilt).linear(**case), expected, torch.float32)
 
 
 @pytest.fixture

@@ -11,10 +11,10 @@ import functools
 import logging
 import warnings
 
-from .build import NativeBuildError, build_library
+from .build import NativeBuildError, build_library, digest_path
 from .library import NativeKernels
 
-__all__ = ["NativeBuildError", "NativeKernels", "build_library", "native_kernels"]
+__all__ = ["NativeBuildError", "NativeKernels", "build_library", "digest_path", "native_kernels"]
 
 logger = logging.getLogger(__name__)
 

@@ -8,6 +8,10 @@ one library per kind of CPU.
 
 Environment: ``CC`` chooses the compiler (default ``cc``, then ``gcc``, then ``clang``); the cache lives in
 ``$BINARYMOS_CACHE/kernels`` (default ``~/.cache/optimum_binarymos/kernels``).
+
+Each cached library has a ``.sha256`` file beside it, written by the build that made it. A library whose bytes
+do not match (truncated by a full disk or a killed copy, overwritten, or put there by hand) is never loaded: it
+is deleted and built again, so a damaged cache heals instead of crashing every later process.
 """
 
 from __future__ import annotations
@@ -101,7 +105,9 @@ def build_library(
     directory = Path(cache_dir) if cache_dir is not None else default_cache_dir() / "kernels"
     target = directory / library_name(compiler, extra_flags)
     if target.is_file():
-        return target
+        if _matches_digest(target):
+            return target
+        _discard(target)
     directory.mkdir(parents=True, exist_ok=True)
     errors = []
     for choice in FLAG_CHOICES:
@@ -117,8 +123,42 @@ def build_library(
             os.unlink(partial)
             continue
         if result.returncode == 0:
+            # The digest first: a library is only ever visible with the digest of its own bytes beside it.
+            _write_digest(Path(partial), digest_path(target))
             os.replace(partial, target)
             return target
         os.unlink(partial)
         errors.append(f"{' '.join(command)}:\n{result.stderr.strip()}")
     raise NativeBuildError("could not compile the native CPU kernels; last attempt: " + errors[-1])
+
+
+def digest_path(library: Path) -> Path:
+    """Where the SHA-256 of a cached ``library`` is kept."""
+    return library.with_name(library.name + ".sha256")
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _matches_digest(library: Path) -> bool:
+    try:
+        return digest_path(library).read_text().strip() == _sha256(library)
+    except OSError:
+        return False
+
+
+def _write_digest(library: Path, destination: Path) -> None:
+    handle, partial = tempfile.mkstemp(prefix=".binarymos_cpu-", suffix=".sha256", dir=destination.parent)
+    with os.fdopen(handle, "w") as file:
+        file.write(_sha256(library) + "\n")
+    os.replace(partial, destination)
+
+
+def _discard(library: Path) -> None:
+    """Remove a cached library that must not be loaded, and its digest."""
+    for path in (library, digest_path(library)):
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            pass
