@@ -306,6 +306,8 @@ def test_native_build_reuses_the_cache_and_reports_a_missing_compiler(tmp_path, 
     first = build_library(cache_dir=tmp_path)
     assert build_library(cache_dir=tmp_path) == first
     assert sorted(path.name for path in tmp_path.iterdir()) == [first.name, digest_path(first).name]
+    monkeypatch.setenv("CC", f"{build.find_compiler()} -O1")
+    assert build_library(cache_dir=tmp_path / "with-flags").is_file()  # CC is a command line, as in make
     monkeypatch.setenv("CC", str(tmp_path / "no-such-compiler"))
     with pytest.raises(NativeBuildError, match="could not compile"):
         build_library(cache_dir=tmp_path / "empty")

@@ -28,7 +28,8 @@ from optimum_binarymos import (
         ({"num_experts": 0}, "num_experts must be an integer >= 1"),
         ({"num_experts": "4"}, "num_experts must be an integer >= 1"),
         ({"num_experts": True}, "num_experts must be an integer >= 1"),
-        ({"svid_iterations": -1}, "svid_iterations must be an integer >= 0"),
+        ({"svid_iterations": -1}, "svid_iterations must be an integer from 0 to 10000"),
+        ({"svid_iterations": 10**9}, "svid_iterations must be an integer from 0 to 10000"),
         ({"modules_to_not_convert": [""]}, "modules_to_not_convert must be a list"),
         ({"format_version": 0}, "format_version must be a positive integer"),
         ({"format_version": 99}, "reads up to version 1. Upgrade it"),
@@ -38,6 +39,11 @@ from optimum_binarymos import (
 def test_invalid_config_values_say_what_to_change(kwargs, message):
     with pytest.raises(ValueError, match=message):
         BinaryMoSConfig(**kwargs)
+
+
+def test_convert_model_names_the_config_it_takes():
+    with pytest.raises(TypeError, match="takes a BinaryMoSConfig or TernaryConfig, got dict"):
+        convert_model(torch.nn.Sequential(torch.nn.Linear(4, 4)), {"num_experts": 2})
 
 
 def test_config_round_trips_through_json():

@@ -23,6 +23,8 @@ _CALIBRATION_INPUTS = ("dataset", "tokenizer")
 
 #: Default number of scaling experts (the paper's best trade-off).
 DEFAULT_NUM_EXPERTS = 4
+#: More power iterations than this are a typo (30 converge; each costs two products with the weight).
+MAX_SVID_ITERATIONS = 10_000
 
 
 def newer_format_message(version: int, supported: int, layout: str, source: str = "This checkpoint") -> str:
@@ -146,9 +148,11 @@ class BinaryMoSConfig(QuantizationConfigMixin):
             isinstance(self.svid_iterations, bool)
             or not isinstance(self.svid_iterations, int)
             or self.svid_iterations < 0
+            or self.svid_iterations > MAX_SVID_ITERATIONS
         ):
             raise ValueError(
-                f"svid_iterations must be an integer >= 0 (0 = exact SVD, 30 is plenty); got {self.svid_iterations!r}"
+                f"svid_iterations must be an integer from 0 to {MAX_SVID_ITERATIONS} (0 = exact SVD, 30 is plenty); "
+                f"got {self.svid_iterations!r}"
             )
         if (
             isinstance(self.format_version, bool)

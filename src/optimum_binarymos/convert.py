@@ -175,6 +175,11 @@ def convert_model(model: nn.Module, quantization_config: QuantizationConfig | No
             f"{type(model).__name__} is already a {kind} model; convert_model takes a float model."
         )
     config = quantization_config or BinaryMoSConfig()
+    if not isinstance(config, (BinaryMoSConfig, TernaryConfig)):
+        raise TypeError(
+            "convert_model takes a BinaryMoSConfig or TernaryConfig, got "
+            f"{type(config).__name__}; for a dict, use BinaryMoSConfig.from_dict(...)"
+        )
     names = modules_to_convert(model, config.modules_to_not_convert)
     progress = tqdm(total=len(names), desc=f"Converting to {method_name(config)}", disable=len(names) < 64)
 

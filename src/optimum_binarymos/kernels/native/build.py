@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import os
 import platform
+import shlex
 import shutil
 import subprocess
 import tempfile
@@ -45,7 +46,8 @@ class NativeBuildError(RuntimeError):
 
 
 def find_compiler() -> str | None:
-    """``$CC`` when set, else the first of ``cc``, ``gcc``, ``clang`` on ``PATH``, else None."""
+    """``$CC`` when set (a command line, as make reads it: ``CC="gcc -O1"``), else the first of ``cc``, ``gcc``,
+    ``clang`` on ``PATH``, else None."""
     from_env = os.environ.get("CC", "").strip()
     if from_env:
         return from_env
@@ -115,7 +117,7 @@ def build_library(
         # file.
         handle, partial = tempfile.mkstemp(prefix=".binarymos_cpu-", suffix=".so", dir=directory)
         os.close(handle)
-        command = [compiler, *COMMON_FLAGS, *choice, *extra_flags, str(SOURCE), "-o", partial]
+        command = [*shlex.split(compiler), *COMMON_FLAGS, *choice, *extra_flags, str(SOURCE), "-o", partial]
         try:
             result = subprocess.run(command, capture_output=True, text=True, timeout=300)
         except (OSError, subprocess.TimeoutExpired) as error:
