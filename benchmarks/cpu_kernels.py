@@ -28,9 +28,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import os
-import platform
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -41,6 +39,7 @@ import torch
 from torch import nn
 
 from optimum_binarymos import PackedBinaryMoSLinear, unpack_signs
+from optimum_binarymos.hardware import cpu_info
 from optimum_binarymos.kernels import torch_backend
 from optimum_binarymos.kernels.native import NativeKernels, build_library, native_kernels
 
@@ -237,13 +236,7 @@ def measure_design(args: argparse.Namespace) -> tuple[list[list[str]], list[str]
 
 
 def machine() -> str:
-    model = platform.processor() or platform.machine()
-    try:
-        for line in subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout.splitlines():
-            if line.startswith("Model name:"):
-                model = line.split(":", 1)[1].strip()
-    except (OSError, subprocess.CalledProcessError):
-        pass
+    model = cpu_info()
     kernels = native_kernels()
     native = f"native kernel: {kernels.simd}" if kernels is not None else "native kernel: unavailable"
     return (

@@ -25,9 +25,7 @@ import argparse
 import copy
 import datetime
 import os
-import platform
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -37,6 +35,7 @@ import transformers
 from transformers import AutoModelForCausalLM
 
 from optimum_binarymos import BinaryMoSConfig, convert_model, pack_model
+from optimum_binarymos.hardware import cpu_info
 from optimum_binarymos.kernels import requested_backend
 from optimum_binarymos.kernels.native import native_kernels
 
@@ -165,13 +164,7 @@ def measure(args: argparse.Namespace) -> tuple[list[list[str]], str]:
 def machine(device: str) -> str:
     if device.startswith("cuda"):
         return torch.cuda.get_device_name(torch.device(device))
-    model = platform.processor() or platform.machine()
-    try:
-        for line in subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout.splitlines():
-            if line.startswith("Model name:"):
-                model = line.split(":", 1)[1].strip()
-    except (OSError, subprocess.CalledProcessError):
-        pass
+    model = cpu_info()
     kernels = native_kernels()
     native = f"native kernel {kernels.simd}" if kernels is not None else "no native kernel"
     return (

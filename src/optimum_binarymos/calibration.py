@@ -58,7 +58,7 @@ DEFAULT_CALIBRATION_TOKENS = 2048
 #: Fewest tokens accepted: fewer make the per-expert statistics noise.
 MIN_CALIBRATION_TOKENS = 256
 #: Logit gap between a token's own centroid and an orthogonal one.
-DEFAULT_ROUTE_TEMPERATURE = 4.0
+DEFAULT_ROUTE_TEMPERATURE = 16.0
 DEFAULT_SEQUENCE_LENGTH = 256
 _KMEANS_ITERATIONS = 25
 
