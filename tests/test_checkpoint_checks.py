@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 import re
+import signal
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -289,3 +292,35 @@ def test_scales_holding_nan_or_inf_are_refused_naming_the_tensor(binary_checkpoi
     rewrite(binary_checkpoint / "model.safetensors", edit_tensors=poison)
     with pytest.raises(ValueError, match=rf"{re.escape(name)} hold NaN or Inf"):
         AutoModelForCausalLM.from_pretrained(binary_checkpoint)
+
+
+KILLED_MID_SAVE = """
+import os, signal, sys
+import transformers.modeling_utils
+from transformers import AutoModelForCausalLM
+from optimum_binarymos import BinaryMoSConfig
+
+def write_some_then_die(tensors, filename, metadata=None):
+    with open(filename, "wb") as handle:
+        handle.write(b"\\\\0" * 4096)
+    os.kill(os.getpid(), signal.SIGKILL)
+
+model = AutoModelForCausalLM.from_pretrained(sys.argv[1], quantization_config=BinaryMoSConfig(num_experts=4))
+transformers.modeling_utils.safe_save_file = write_some_then_die
+model.save_pretrained(sys.argv[2])
+"""
+
+
+def test_a_save_killed_half_way_leaves_the_older_model_whole(float_checkpoint, tmp_path, tokens):
+    folder = tmp_path / "model"
+    older = AutoModelForCausalLM.from_pretrained(float_checkpoint("llama"), quantization_config=BinaryMoSConfig())
+    older.save_pretrained(folder)
+    before = {path.name: path.read_bytes() for path in folder.iterdir()}
+    killed = subprocess.run([sys.executable, "-c", KILLED_MID_SAVE, float_checkpoint("llama"), str(folder)])
+    assert killed.returncode == -signal.SIGKILL
+    assert {path.name: path.read_bytes() for path in folder.iterdir()} == before  # config and card too
+    with torch.no_grad():
+        torch.testing.assert_close(AutoModelForCausalLM.from_pretrained(folder)(tokens).logits, older(tokens).logits)
+    assert [path.name.startswith(".saving-") for path in tmp_path.iterdir()].count(True) == 1
+    older.save_pretrained(tmp_path / "another")  # the next save beside it clears what the killed one left
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["another", "model"]

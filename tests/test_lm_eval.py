@@ -4,16 +4,14 @@ from __future__ import annotations
 
 import json
 
+import lm_eval  # noqa: F401  in the test extra and the lock: missing means a broken environment
 import pytest
 from conftest import VOCAB, make_float_model
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
 from optimum_binarymos import BinaryMoSConfig, convert_model, pack_model, record_evaluation
-
-pytest.importorskip("lm_eval", reason="lm-eval is not installed (it comes with the `test` extra)")
-
-from optimum_binarymos.integrations.lm_eval import ZeroShotResults, evaluate_zero_shot  # noqa: E402
+from optimum_binarymos.integrations.lm_eval import ZeroShotResults, evaluate_zero_shot
 
 WORDS = "the capital of france italy spain is paris rome madrid berlin yes no".split()
 
@@ -100,7 +98,6 @@ def test_zero_shot_on_local_task_with_packed_model(local_task, tmp_path):
 
 
 def test_zero_shot_on_model_object_matches_folder_and_takes_adapter(local_task, tmp_path):
-    pytest.importorskip("peft")
     from peft import LoraConfig, get_peft_model
 
     model = pack_model(convert_model(make_float_model("llama"), BinaryMoSConfig(num_experts=2)))

@@ -11,6 +11,7 @@ import warnings
 import pytest
 import torch
 from conftest import make_float_model
+from peft import LoraConfig, PeftModel, get_peft_model
 from transformers import AutoModelForCausalLM
 
 from optimum_binarymos import (  # importing the package registers BinaryMoS layers with peft
@@ -21,11 +22,7 @@ from optimum_binarymos import (  # importing the package registers BinaryMoS lay
     convert_model,
     pack_model,
 )
-
-peft = pytest.importorskip("peft")
-from peft import LoraConfig, PeftModel, get_peft_model  # noqa: E402
-
-from optimum_binarymos.integrations.peft import BinaryMoSLoraLinear, lora_target_modules  # noqa: E402
+from optimum_binarymos.integrations.peft import BinaryMoSLoraLinear, lora_target_modules
 
 LLAMA_TARGETS = ["down_proj", "gate_proj", "k_proj", "o_proj", "q_proj", "up_proj", "v_proj"]
 

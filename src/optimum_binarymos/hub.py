@@ -15,12 +15,14 @@ to keep your edits.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import os
 import re
+import shutil
 import tempfile
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from importlib import metadata as importlib_metadata
 from pathlib import Path
 from typing import Any
@@ -110,10 +112,14 @@ def save_pretrained(model: nn.Module, save_directory: str | os.PathLike, *args, 
         for name in ("repo_id", "commit_message", "create_pr", "private")
         if name in kwargs
     }
+    if not is_main_process:  # other ranks write nothing
+        _unwrapped(model, "save_pretrained")(save_directory, *args, **kwargs)
+        return
     before = _timestamps(save_directory)
-    _unwrapped(model, "save_pretrained")(save_directory, *args, **kwargs)
-    if not is_main_process or getattr(model, "_hf_peft_config_loaded", False):
-        return  # other ranks write nothing; an adapter folder is not this model
+    with _staging_folder(Path(save_directory)) as staging:
+        _unwrapped(model, "save_pretrained")(staging, *args, **kwargs)
+    if getattr(model, "_hf_peft_config_loaded", False):
+        return  # an adapter folder is not this model
     _remove_stale_weights(Path(save_directory), before)
     if not push:
         write_model_card(model, save_directory, model_id=str(save_directory))
@@ -196,6 +202,55 @@ def _api() -> HfApi:
     except importlib_metadata.PackageNotFoundError:
         version = None
     return HfApi(library_name="optimum-binarymos", library_version=version)
+
+
+_STAGING_PREFIX = ".saving-"
+
+
+@contextlib.contextmanager
+def _staging_folder(target: Path) -> Iterator[Path]:
+    """A private folder beside ``target`` to save into; on success its files move into ``target``.
+
+    A save killed half way (SIGKILL, a full disk) then leaves ``target`` as it was, the older model whole, and
+    only a hidden ``.saving-<pid>-*`` folder beside it, which the next save into ``target``'s parent removes
+    once its process is gone. Each move is a rename within one file system.
+    """
+    parent = target.absolute().parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        _remove_abandoned_staging(parent)
+        staging = Path(tempfile.mkdtemp(prefix=f"{_STAGING_PREFIX}{os.getpid()}-{target.name}-", dir=parent))
+    except OSError:  # a parent we may not write in (saving into "/" or a read-only mount point): save in place
+        yield target
+        return
+    try:
+        yield staging
+        target.mkdir(exist_ok=True)
+        for path in sorted(staging.rglob("*")):
+            if path.is_file():
+                destination = target / path.relative_to(staging)
+                destination.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(path, destination)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _remove_abandoned_staging(parent: Path) -> None:
+    for folder in parent.glob(f"{_STAGING_PREFIX}*"):
+        pid = folder.name[len(_STAGING_PREFIX) :].split("-", 1)[0]
+        if pid.isdigit() and not _process_alive(int(pid)):
+            logger.info("Removing %s, left by a save that did not finish", folder)
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's process
+    return True
 
 
 _WEIGHT_FILE = re.compile(r"model(-\d{5}-of-\d{5})?\.safetensors(\.index\.json)?")
