@@ -178,8 +178,17 @@ def test_bfloat16_conversion_keeps_scales_in_model_dtype(float_checkpoint, token
     assert tensors["model.layers.0.self_attn.q_proj.weight"].dtype == torch.uint8
     reloaded = AutoModelForCausalLM.from_pretrained(tmp_path)
     assert reloaded.model.layers[0].self_attn.q_proj.scale_in.dtype == torch.bfloat16
+    # Every float tensor comes back bit for bit, and the signs are the latent weights' signs.
+    loaded = dict(reloaded.named_parameters())
+    for name, param in model.named_parameters():
+        if name.endswith(".weight") and isinstance(model.get_submodule(name[: -len(".weight")]), BinaryMoSLinear):
+            signs = reloaded.get_submodule(name[: -len(".weight")]).signs(torch.bfloat16)
+            assert torch.equal(signs, torch.where(param >= 0, 1.0, -1.0).to(torch.bfloat16)), name
+        else:
+            assert torch.equal(loaded[name], param), name
+    # Same arithmetic on both sides (the packed path unpacks the same signs in bfloat16): equal logits.
     with torch.no_grad():
-        assert torch.isfinite(reloaded(tokens).logits).all()
+        torch.testing.assert_close(reloaded(tokens).logits, model(tokens).logits, rtol=0, atol=0)
 
 
 def test_trainer_accepts_the_latent_model_and_refuses_nothing(float_checkpoint, tmp_path):
