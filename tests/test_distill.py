@@ -648,3 +648,32 @@ def test_frozen_latent_weights_keep_the_signs_and_train_only_quantizer_parameter
     assert torch.equal(layer.weight, weight) and not torch.equal(layer.scale_out, scale_out)
     with pytest.raises(ValueError, match="train_latent_weights=False needs train_binarymos_only"):
         tiny_args(tmp_path, train_latent_weights=False, train_binarymos_only=False)
+
+
+def test_trainer_loss_equals_kl_teacher_to_student_plus_the_hidden_distance_written_out(tmp_path):
+    teacher, student = tiny_pair()
+    with torch.no_grad():  # a student whose outputs differ from the teacher's in every layer
+        for module in student.modules():
+            if isinstance(module, BinaryMoSLinear):
+                module.scale_out.mul_(1.5)
+        student.model.norm.weight.mul_(20.0)  # sharp next-token distributions: the KL direction matters
+    args = tiny_args(
+        tmp_path, kd_logits_weight=0.7, kd_hidden_weight=0.3, kd_hidden_loss="normalized_mse",
+        kd_hidden_layers=[0, 1], kd_logits_reduction="token_mean",
+    )
+    trainer = DistillationTrainer(model=student, teacher_model=teacher, args=args, train_dataset=random_blocks())
+    tokens = random_blocks(2).blocks
+    student.train()
+    with torch.no_grad():
+        loss = trainer.compute_loss(student, {"input_ids": tokens})
+        t = teacher(tokens, output_hidden_states=True)
+        s = student(tokens, output_hidden_states=True)
+    # KL(teacher || student) = sum_v p_t (log p_t - log p_s), averaged over the tokens.
+    log_t, log_s = t.logits.log_softmax(-1), s.logits.log_softmax(-1)
+    kl = (log_t.exp() * (log_t - log_s)).sum(-1).mean()
+    # OneBit's distance: squared distance of the per-token unit vectors, summed over the tapped layers' outputs.
+    unit = lambda h: h / h.norm(dim=-1, keepdim=True)  # noqa: E731
+    hidden = sum(((unit(s.hidden_states[i]) - unit(t.hidden_states[i])) ** 2).sum(-1).mean() for i in (1, 2))
+    reverse = (log_s.exp() * (log_s - log_t)).sum(-1).mean()
+    assert kl > 0 and hidden > 0 and not torch.isclose(kl, reverse, rtol=0.1)  # the direction is visible
+    torch.testing.assert_close(loss, 0.7 * kl + 0.3 * hidden, rtol=1e-5, atol=1e-6)
