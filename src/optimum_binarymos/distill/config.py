@@ -22,9 +22,9 @@ class DistillationConfig(TrainingArguments):
 
     and the ground-truth cross-entropy is not used (``labels`` in a batch are ignored).
 
-    The defaults are the small-budget recipe measured in ``benchmarks/results/recipe-ablation-cpu.md``: AdamW
-    (0.9, 0.999) at learning rate 1e-3 for the latent weights and 5e-3 for scales and routers, cosine schedule
-    with 5 % warmup, no weight decay, 3 epochs, per-device batch 4; KL averaged per token + 1.0 x OneBit's
+    The defaults are the small-budget recipe chosen in ``benchmarks/results/recipe-ablation-validation-*.md``:
+    AdamW (0.9, 0.999) at learning rate 1e-3 for the latent weights and 5e-3 for scales and routers, cosine
+    schedule with 5 % warmup, no weight decay, 3 epochs, per-device batch 4; KL averaged per token + 1.0 x OneBit's
     normalized hidden-state distance over every layer. :meth:`paper` gives the BinaryMoS authors' recipe (lr 2e-5
     for everything, 3 % warmup, KL summed over tokens + 10 x hidden MSE, meant for ~0.5 B tokens) and
     :meth:`onebit` OneBit's loss.
