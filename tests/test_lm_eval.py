@@ -6,6 +6,7 @@ import json
 
 import lm_eval  # noqa: F401  in the test extra and the lock: missing means a broken environment
 import pytest
+import torch
 from conftest import VOCAB, make_float_model
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
@@ -29,6 +30,21 @@ def tiny_tokenizer() -> PreTrainedTokenizerFast:
     backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
     backend.pre_tokenizer = pre_tokenizers.Whitespace()
     return PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<unk>", eos_token="<unk>")
+
+
+def accuracy_written_out(model, tokenizer) -> float:
+    """``acc`` of ``tiny_capitals`` computed here: the choice with the highest log-likelihood after the query."""
+    correct = 0
+    for query, choices, gold in QUESTIONS:
+        context = tokenizer(query, add_special_tokens=False)["input_ids"]
+        scores = []
+        for choice in choices:
+            (token,) = tokenizer(" " + choice, add_special_tokens=False)["input_ids"]
+            with torch.no_grad():
+                logits = model(torch.tensor([context + [token]])).logits[0, len(context) - 1]
+            scores.append(logits.log_softmax(-1)[token].item())
+        correct += int(max(range(len(choices)), key=scores.__getitem__) == gold)
+    return correct / len(QUESTIONS)
 
 
 @pytest.fixture
@@ -97,7 +113,7 @@ def test_zero_shot_on_local_task_with_packed_model(local_task, tmp_path):
     assert saved["summary"]["num_fewshot"] == {"tiny_capitals": 0}
 
 
-def test_zero_shot_on_model_object_matches_folder_and_takes_adapter(local_task, tmp_path):
+def test_zero_shot_on_model_object_matches_folder_and_a_hand_count_and_takes_adapter(local_task, tmp_path):
     from peft import LoraConfig, get_peft_model
 
     model = pack_model(convert_model(make_float_model("llama"), BinaryMoSConfig(num_experts=2)))
@@ -109,15 +125,24 @@ def test_zero_shot_on_model_object_matches_folder_and_takes_adapter(local_task, 
         "batch_size": 4,
     }
     plain = evaluate_zero_shot(model, tokenizer=tokenizer, **run)
-    assert set(plain.accuracies) == {"tiny_capitals"}
+    assert plain.accuracies == {"tiny_capitals": accuracy_written_out(model, tokenizer)}
+    model.save_pretrained(tmp_path / "folder")
+    tokenizer.save_pretrained(tmp_path / "folder")
+    assert evaluate_zero_shot(str(tmp_path / "folder"), **run).accuracies == plain.accuracies
     recorded = record_evaluation(model, plain.card_metrics())  # what the model card shows
     assert recorded["tiny_capitals_acc"] == recorded["zero_shot_average"] == plain.accuracies["tiny_capitals"]
 
     # An adapter folder on top of the same model: the helper applies it with PeftModel.from_pretrained.
-    adapted = get_peft_model(
-        model, LoraConfig(r=2, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
-    )
+    targets = ["q_proj", "v_proj", "o_proj", "down_proj"]
+    torch.manual_seed(1)
+    adapted = get_peft_model(model, LoraConfig(r=2, target_modules=targets, init_lora_weights=False))
+    with torch.no_grad():  # an adapter strong enough to change the answers, so that ignoring it shows
+        for name, param in adapted.named_parameters():
+            if "lora_B" in name:
+                param.mul_(200)
     adapted.save_pretrained(tmp_path / "adapter")
+    adapted_accuracy = accuracy_written_out(adapted, tokenizer)
+    assert adapted_accuracy != plain.accuracies["tiny_capitals"]
     base = adapted.unload()
     with_adapter = evaluate_zero_shot(base, tokenizer=tokenizer, adapter=tmp_path / "adapter", **run)
-    assert set(with_adapter.accuracies) == {"tiny_capitals"}
+    assert with_adapter.accuracies == {"tiny_capitals": adapted_accuracy}
