@@ -13,7 +13,7 @@ Steps (each timed):
   g. a greedy sample from the float model and from the reloaded 1-bit model.
 
 Every figure also goes to ``<output-dir>/results.json``. The default budget (50 steps of 4 x 128 tokens) takes
-about 5 minutes on 2 CPU cores; the model stays far from the float one (the paper distills for 3 epochs over a
+5 to 7 minutes on 2 CPU cores, depending on the CPU; the model stays far from the float one (the paper distills for 3 epochs over a
 C4 shard and WikiText-2, hundreds of millions of tokens; this reads 25,600); ``--steps 300`` is a larger budget.
 
 Usage::
@@ -164,6 +164,7 @@ def print_size_table(float16_dir: Path, packed_dir: Path, label: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    started_demo = time.perf_counter()
     out: Path = args.output_dir
     out.mkdir(parents=True, exist_ok=True)
     budget = (Budget.paper_init if args.paper_init else Budget)(steps=args.steps, learning_rate=args.learning_rate)
@@ -263,6 +264,7 @@ def main(argv: list[str] | None = None) -> int:
         packed_bytes=folder_size_bytes(out / "binarymos"),
         float16_bytes=folder_size_bytes(out / "float16"),
         date=time.strftime("%Y-%m-%d"),
+        total_seconds=time.perf_counter() - started_demo,
         cpu=str(cpu_info()),
     )
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
