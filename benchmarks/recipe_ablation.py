@@ -135,6 +135,7 @@ def render(results: dict) -> str:
         f"- command: `{results['command']}`",
         f"- date: {results['date']}; machine: {results['machine']}",
         f"- budget: {results['describe']}",
+        f"- seed: {results['budget'].get('seed', 0)}",
         f"- held out: {results['held_out']}; {results['eval_windows']} windows of 256 tokens",
         f"- float model: perplexity {results['float_ppl']:.2f}",
         "",
@@ -165,13 +166,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--learning-rate", type=float, default=Budget.learning_rate)
     parser.add_argument("--eval-windows", type=int, default=16)
+    parser.add_argument("--seed", type=int, default=Budget.seed, help="seeds calibration, data order and trainer")
     parser.add_argument("--output", type=Path, required=True, help="path without suffix for .md and .json")
     parser.add_argument("--model-dir", type=Path, default=None, help="a float SmolLM2 folder (default: the demo's)")
     args = parser.parse_args(argv)
 
     model_dir = args.model_dir or smollm2_path(None)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    budget = Budget(steps=args.steps, learning_rate=args.learning_rate)
+    budget = Budget(steps=args.steps, learning_rate=args.learning_rate, seed=args.seed)
     data = sotu_data(tokenizer, budget, split=args.split)
     teacher = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
     results = {
