@@ -96,7 +96,7 @@ def run_row(row: dict, model_dir: Path, teacher, data, budget: Budget, eval_wind
     row_budget = replace(
         budget,
         scales_learning_rate=row["scales_lr"],
-        learning_rate=row["lr"] or budget.learning_rate,
+        learning_rate=budget.learning_rate if row["lr"] is None else row["lr"],
         kd_hidden_weight=row["hidden_weight"],
     )
     student = build_student(model_dir, method, num_experts=row["experts"], seed=budget.seed)
@@ -148,7 +148,8 @@ def render(results: dict) -> str:
         calibrated_router = row["init"] != "svid" and row["experts"] > 1
         temperature = row.get("temperature", row.get("route_temperature", DEFAULT_ROUTE_TEMPERATURE))
         temperature = f"{temperature:g}" if calibrated_router else "-"
-        lr = f"{row.get('lr') or results['budget']['learning_rate']:g}"
+        lr = row.get("lr")
+        lr = f"{results['budget']['learning_rate'] if lr is None else lr:g}"
         hidden = f"{row.get('hidden_weight', results['budget']['kd_hidden_weight']):g}"
         lines.append(
             f"| {row['name']} | {row['experts']} | {row['init']} | {temperature} | {lr} | {scales_lr} | "

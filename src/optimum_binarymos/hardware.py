@@ -21,7 +21,7 @@ class CpuInfo:
     flags: tuple[str, ...]
 
     def __str__(self) -> str:
-        return f"{self.model} ({' '.join(self.flags) or 'no AVX2'})"
+        return f"{self.model} ({' '.join(self.flags)})" if self.flags else self.model
 
 
 def cpu_info() -> CpuInfo:

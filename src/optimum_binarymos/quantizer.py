@@ -370,11 +370,17 @@ def check_packed_checkpoint(
             if shape != tuple(tensor.shape):
                 problems.append(f"{key} has shape {list(shape)}, expected {list(tensor.shape)}")
     if problems:
-        shown = "; ".join(problems[:8]) + (f"; and {len(problems) - 8} more" if len(problems) > 8 else "")
+        shown = _listed(problems, 8, separator="; ", before_rest="; and ")
         raise ValueError(
             f"This {quantizer.method_name} checkpoint does not fit {type(model).__name__} with "
             f"{quantizer.describe_config()}: {shown}"
         )
+
+
+def _listed(items: list[str], limit: int, separator: str = ", ", before_rest: str = " and ") -> str:
+    """The first ``limit`` items joined, and how many more there are: ``"a, b and 3 more"``."""
+    rest = len(items) - limit
+    return separator.join(items[:limit]) + (f"{before_rest}{rest} more" if rest > 0 else "")
 
 
 def _is_float(header_dtype: str) -> bool:
@@ -403,7 +409,7 @@ def _check_fully_loaded(model: nn.Module, layer_types: tuple[type[nn.Module], ..
         if not getattr(tensor, "_is_hf_initialized", False)
     ]
     if missing:
-        shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+        shown = _listed(missing, 5)
         raise ValueError(
             f"The checkpoint is missing {method_name} tensors: {shown}. It was not written by this version of "
             "optimum-binarymos for this architecture, or it is incomplete."
@@ -420,7 +426,7 @@ def _check_finite(model: nn.Module, layer_types: tuple[type[nn.Module], ...], me
         if tensor.is_floating_point() and tensor.device.type != "meta" and not torch.isfinite(tensor).all()
     ]
     if broken:
-        shown = ", ".join(broken[:5]) + (f" and {len(broken) - 5} more" if len(broken) > 5 else "")
+        shown = _listed(broken, 5)
         raise ValueError(
             f"The checkpoint's {method_name} tensors {shown} hold NaN or Inf; the model would only output NaN. "
             "The file is damaged, or the model diverged before it was saved."
