@@ -6,7 +6,8 @@ the same seed, and is scored by perplexity (GPTQ protocol, 256-token windows) on
 (2000 on, training from before 2000: the demo's evaluation). Rows differ only in the levers named in their
 label, so equal steps are equal wall clock up to the calibration pass, whose seconds are a column.
 
-A row is ``name:key=value,...`` with keys ``experts`` (1 = OneBit; default 4), ``init`` (``svid``: the paper;
+A row is ``name:key=value,...`` with keys ``method`` (``ternary`` for TernaryLLM's DLT; default: OneBit or
+BinaryMoS by ``experts``), ``experts`` (1 = OneBit; default 4), ``init`` (``svid``: the paper;
 ``rms`` / ``relative``: data-aware, :func:`optimum_binarymos.calibrate_model` with that ``scale_fit``; default
 ``svid``), ``lr`` (latent weights' peak learning rate; default ``--learning-rate``), ``scales_lr`` (``none``: one
 learning rate; default ``none``), ``latent`` (``train`` or ``frozen``), ``temperature`` (the router's route
@@ -51,6 +52,7 @@ from optimum_binarymos.experiment import (
 from optimum_binarymos.hardware import cpu_info
 
 ROW_DEFAULTS = {
+    "method": None,
     "experts": 4,
     "init": "svid",
     "lr": None,
@@ -74,7 +76,7 @@ def parse_row(text: str) -> dict:
         raise argparse.ArgumentTypeError(f"unknown row keys {sorted(unknown)}; known: {sorted(ROW_DEFAULTS)}")
     row = {"name": name, **ROW_DEFAULTS}
     for key, value in pairs.items():
-        if key in ("init", "latent"):
+        if key in ("init", "latent", "method"):
             row[key] = value
         elif key == "experts":
             row[key] = int(value)
@@ -82,9 +84,19 @@ def parse_row(text: str) -> dict:
             row[key] = None if value == "none" else float(value)
     if row["init"] not in ("svid", "rms", "relative"):
         raise argparse.ArgumentTypeError(f"init must be svid, rms or relative, got {row['init']!r}")
+    if row["method"] not in (None, "onebit", "binarymos", "ternary"):
+        raise argparse.ArgumentTypeError(
+            f"method must be onebit, binarymos or ternary, got {row['method']!r}"
+        )
+    if row["method"] == "onebit":
+        row["experts"] = 1
     if row["latent"] not in ("train", "frozen"):
         raise argparse.ArgumentTypeError(f"latent must be train or frozen, got {row['latent']!r}")
     return row
+
+
+def row_method(row: dict) -> str:
+    return row.get("method") or ("onebit" if row["experts"] == 1 else "binarymos")
 
 
 def machine() -> str:
@@ -92,7 +104,7 @@ def machine() -> str:
 
 
 def run_row(row: dict, model_dir: Path, teacher, data, budget: Budget, eval_windows: int, work: Path) -> dict:
-    method = "onebit" if row["experts"] == 1 else "binarymos"
+    method = row_method(row)
     row_budget = replace(
         budget,
         scales_learning_rate=row["scales_lr"],
@@ -103,8 +115,13 @@ def run_row(row: dict, model_dir: Path, teacher, data, budget: Budget, eval_wind
     calibration_seconds = 0.0
     if row["init"] != "svid":
         report = calibrate_model(
-            student, data.calibration, num_tokens=data.calibration.numel(), scale_fit=row["init"],
-            route_temperature=row["temperature"], seed=budget.seed, progress=False,
+            student,
+            data.calibration,
+            num_tokens=data.calibration.numel(),
+            scale_fit=row["init"],
+            route_temperature=row["temperature"],
+            seed=budget.seed,
+            progress=False,
         )
         calibration_seconds = report.seconds
     probe = data.eval_ids[None, :256]
@@ -112,7 +129,12 @@ def run_row(row: dict, model_dir: Path, teacher, data, budget: Budget, eval_wind
     spread_before = median_scale_spread(student, probe)
     started = time.perf_counter()
     history = distill(
-        student, teacher, data.train, row_budget, work / row["name"], progress=False,
+        student,
+        teacher,
+        data.train,
+        row_budget,
+        work / row["name"],
+        progress=False,
         train_latent_weights=row["latent"] == "train",
     )
     distill_seconds = time.perf_counter() - started
@@ -139,20 +161,22 @@ def render(results: dict) -> str:
         f"- held out: {results['held_out']}; {results['eval_windows']} windows of 256 tokens",
         f"- float model: perplexity {results['float_ppl']:.2f}",
         "",
-        "| row | experts | init | route temperature | lr | scales lr | latent weights | hidden weight |"
+        "| row | method | experts | init | route temperature | lr | scales lr | latent weights | hidden weight |"
         " ppl after convert | ppl after distill | scale spread before / after | calibration s | distill s |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in results["rows"]:
         scales_lr = "= lr" if row["scales_lr"] is None else f"{row['scales_lr']:g}"
-        calibrated_router = row["init"] != "svid" and row["experts"] > 1
+        method = row_method(row)
+        experts = "-" if method == "ternary" else row["experts"]
+        calibrated_router = row["init"] != "svid" and method == "binarymos"
         temperature = row.get("temperature", row.get("route_temperature", DEFAULT_ROUTE_TEMPERATURE))
         temperature = f"{temperature:g}" if calibrated_router else "-"
         lr = row.get("lr")
         lr = f"{results['budget']['learning_rate'] if lr is None else lr:g}"
         hidden = f"{row.get('hidden_weight', results['budget']['kd_hidden_weight']):g}"
         lines.append(
-            f"| {row['name']} | {row['experts']} | {row['init']} | {temperature} | {lr} | {scales_lr} | "
+            f"| {row['name']} | {method} | {experts} | {row['init']} | {temperature} | {lr} | {scales_lr} | "
             f"{row.get('latent', 'train')} | {hidden} | {row['converted_ppl']:,.0f} | "
             f"{row['ppl']:,.1f} | {row['spread_before']:.2%} / {row['spread_after']:.2%} | "
             f"{row['calibration_seconds']:.1f} | {row['distill_seconds']:.0f} |"
@@ -161,15 +185,23 @@ def render(results: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rows", nargs="+", type=parse_row, required=True, help="name:key=value,... (see above)")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--rows", nargs="+", type=parse_row, required=True, help="name:key=value,... (see above)"
+    )
     parser.add_argument("--split", choices=["validation", "evaluation"], default="validation")
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--learning-rate", type=float, default=Budget.learning_rate)
     parser.add_argument("--eval-windows", type=int, default=16)
-    parser.add_argument("--seed", type=int, default=Budget.seed, help="seeds calibration, data order and trainer")
+    parser.add_argument(
+        "--seed", type=int, default=Budget.seed, help="seeds calibration, data order and trainer"
+    )
     parser.add_argument("--output", type=Path, required=True, help="path without suffix for .md and .json")
-    parser.add_argument("--model-dir", type=Path, default=None, help="a float SmolLM2 folder (default: the demo's)")
+    parser.add_argument(
+        "--model-dir", type=Path, default=None, help="a float SmolLM2 folder (default: the demo's)"
+    )
     args = parser.parse_args(argv)
 
     model_dir = args.model_dir or smollm2_path(None)
@@ -182,7 +214,8 @@ def main(argv: list[str] | None = None) -> int:
         "date": datetime.date.today().isoformat(),
         "machine": machine(),
         "split": args.split,
-        "held_out": f"addresses from {data.eval_from_year}" + (" to 1999" if args.split == "validation" else " on"),
+        "held_out": f"addresses from {data.eval_from_year}"
+        + (" to 1999" if args.split == "validation" else " on"),
         "eval_windows": args.eval_windows,
         "budget": budget.as_dict(),
         "describe": budget.describe(),

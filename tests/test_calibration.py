@@ -8,8 +8,10 @@ from conftest import VOCAB, make_float_model
 from transformers import AutoModelForCausalLM
 
 from optimum_binarymos import BinaryMoSConfig, BinaryMoSLinear, calibrate_model, convert_model, pack_model
-from optimum_binarymos.calibration import calibration_token_ids, fit_layer, spherical_kmeans
+from optimum_binarymos.calibration import calibration_token_ids, fit_layer, fit_ternary_layer, spherical_kmeans
+from optimum_binarymos.nn.ternary import TernaryLinear
 from optimum_binarymos.packing import sign_with_ties
+from optimum_binarymos.ternary_config import TernaryConfig
 
 
 def calibration_ids(rows: int = 4, seed: int = 3) -> torch.Tensor:
@@ -117,3 +119,39 @@ def test_too_little_calibration_data_fails_with_a_clear_message():
         calibration_token_ids(["some text"], None, num_tokens=256)
     with pytest.raises(ValueError, match="calibration_tokens must be an integer >= 256"):
         BinaryMoSConfig(calibration_tokens=10)
+
+
+def test_ternary_rows_get_the_float_outputs_root_mean_square_and_keep_their_trits():
+    # Written out: row i of weight, scale and shift times rms over tokens of (x W^T)_i / rms of (x W_q^T)_i.
+    torch.manual_seed(0)
+    weight = torch.randn(6, 32) + 0.1
+    layer = TernaryLinear.from_float(weight, group_size=16)
+    trits = layer.trits().clone()
+    quantized = layer.quantized_weight().detach().clone()
+    scale, shift = layer.weight_scale.detach().clone(), layer.weight_shift.detach().clone()
+    x = torch.randn(300, 32)
+    fit_ternary_layer(layer, x)
+    factor = (x @ weight.T).square().mean(0).sqrt() / (x @ quantized.T).square().mean(0).sqrt()
+    torch.testing.assert_close(layer.weight_scale.detach(), scale * factor[:, None])
+    torch.testing.assert_close(layer.weight_shift.detach(), shift * factor[:, None])
+    torch.testing.assert_close(layer.weight.detach(), weight * factor[:, None])
+    assert torch.equal(layer.trits(), trits)
+    calibrated_rms = (x @ layer.quantized_weight().detach().T).square().mean(0).sqrt()
+    torch.testing.assert_close(calibrated_rms, (x @ weight.T).square().mean(0).sqrt())
+
+
+def test_from_pretrained_calibrates_a_ternary_model_and_it_reloads_to_equal_logits(float_checkpoint, tmp_path, tokens):
+    ids = calibration_ids()
+    plain = AutoModelForCausalLM.from_pretrained(float_checkpoint("llama"), quantization_config=TernaryConfig(group_size=16))
+    config = TernaryConfig(group_size=16, dataset=ids, calibration_tokens=256)
+    model = AutoModelForCausalLM.from_pretrained(float_checkpoint("llama"), quantization_config=config)
+    before, after = plain.model.layers[0].mlp.down_proj, model.model.layers[0].mlp.down_proj
+    assert torch.equal(before.trits(), after.trits())
+    assert not torch.allclose(before.weight_scale, after.weight_scale)
+    assert "dataset" not in model.config.quantization_config.to_dict()
+    expected = model(input_ids=tokens).logits
+    model.save_pretrained(tmp_path / "packed")
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "packed")
+    torch.testing.assert_close(reloaded(input_ids=tokens).logits, expected, rtol=0, atol=1e-4)
+    with pytest.raises(ValueError, match="calibration_tokens must be an integer >= 256"):
+        TernaryConfig(calibration_tokens=10)

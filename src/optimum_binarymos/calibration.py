@@ -18,8 +18,11 @@ the inputs ``X`` ``(tokens, in)`` that the float layer sees:
    correlation of the 1-bit product with the float one, and the shrinkage compounds through the layers;
    matching the magnitude does not.
 
-With one expert (OneBit) only step 2 runs, on all tokens. The hook fits each layer as the forward reaches it and
-lets the float output through, so only one layer's activations are held at a time.
+With one expert (OneBit) only step 2 runs, on all tokens. Ternary (DLT) layers get step 2's magnitude match too:
+row ``i`` of the latent weight, of its scales ``alpha`` and of its shifts ``gamma`` is multiplied by the same
+factor, so the trits ``T = round((W - gamma) / alpha)`` stay as TWN chose them and only the row's output grows or
+shrinks to the float layer's root-mean-square value. The hook fits each layer as the forward reaches it and lets
+the float output through, so only one layer's activations are held at a time.
 
 Example::
 
@@ -179,31 +182,33 @@ def calibrate_model(
     scale_fit: str = "rms",
     progress: bool = True,
 ) -> CalibrationReport:
-    """Initialize the experts, output scales and routers of ``model``'s latent BinaryMoS layers from data, in place.
+    """Initialize the experts, output scales and routers of ``model``'s latent BinaryMoS layers (or the row
+    magnitudes of its latent ternary layers) from data, in place.
 
     See the module docstring for what is fitted. ``model`` is a latent BinaryMoS model right after conversion
     (its latent weights are still the float weights); the same ``data`` and ``seed`` give the same model.
 
     Args:
-        model: a latent BinaryMoS model (``from_pretrained(..., quantization_config=BinaryMoSConfig())`` or
-            :func:`~optimum_binarymos.convert_model`).
+        model: a latent BinaryMoS or ternary model (``from_pretrained(..., quantization_config=BinaryMoSConfig())``,
+            ``TernaryConfig()``, or :func:`~optimum_binarymos.convert_model`).
         data, tokenizer, num_tokens, sequence_length: the calibration text, as :func:`calibration_token_ids` takes it.
         route_temperature: logit gap between a matching and an orthogonal centroid in the initial router.
         seed: seeds the k-means starts.
         progress: show a progress bar over the layers.
 
     Raises:
-        ValueError: when ``model`` has no latent BinaryMoS layer, or the data is too short.
+        ValueError: when ``model`` has no latent BinaryMoS or ternary layer, or the data is too short.
     """
     from .nn.binarymos import BinaryMoSLinear
+    from .nn.ternary import TernaryLinear
 
     if not route_temperature > 0:
         raise ValueError(f"route_temperature must be > 0, got {route_temperature!r}")
-    layers = [module for module in model.modules() if isinstance(module, BinaryMoSLinear)]
+    layers = [module for module in model.modules() if isinstance(module, (BinaryMoSLinear, TernaryLinear))]
     if not layers:
         raise ValueError(
-            "calibrate_model needs a latent BinaryMoS model (converted with BinaryMoSConfig, not packed); "
-            "this one has no BinaryMoSLinear layer."
+            "calibrate_model needs a latent BinaryMoS or ternary model (converted with BinaryMoSConfig or "
+            "TernaryConfig, not packed); this one has no BinaryMoSLinear or TernaryLinear layer."
         )
     started = time.perf_counter()
     input_ids = calibration_token_ids(data, tokenizer, num_tokens, sequence_length)
@@ -211,10 +216,13 @@ def calibrate_model(
     generator = torch.Generator().manual_seed(seed)
     bar = tqdm(total=len(layers), desc="calibrating", unit="layer", disable=not progress)
 
-    def fit_and_pass_float(layer: BinaryMoSLinear, args: tuple[torch.Tensor, ...], output: torch.Tensor):
+    def fit_and_pass_float(layer: nn.Module, args: tuple[torch.Tensor, ...], output: torch.Tensor):
         x = args[0]
         float_output = F.linear(x, layer.weight.to(x.dtype), None if layer.bias is None else layer.bias.to(x.dtype))
-        fit_layer(layer, x.reshape(-1, x.shape[-1]), route_temperature, generator, scale_fit)
+        if isinstance(layer, TernaryLinear):
+            fit_ternary_layer(layer, x.reshape(-1, x.shape[-1]))
+        else:
+            fit_layer(layer, x.reshape(-1, x.shape[-1]), route_temperature, generator, scale_fit)
         bar.update(1)
         return float_output
 
@@ -261,6 +269,20 @@ def fit_layer(
     scale_out = torch.where(one_bit_power > 0, scale_out, layer.scale_out.float())
     layer.scale_in.copy_(scale_in.expand_as(layer.scale_in))
     layer.scale_out.copy_(scale_out)
+
+
+@torch.no_grad()
+def fit_ternary_layer(layer: nn.Module, x: torch.Tensor) -> None:
+    """Scale each output row of a latent ternary layer so its output over ``x`` ``(tokens, in)`` has the float
+    layer's root-mean-square value; the trits do not change (weight, scale and shift move together)."""
+    x = x.float()
+    target_power = (x @ layer.weight.float().T).square().sum(dim=0)  # (out,)
+    ternary_power = (x @ layer.quantized_weight().float().T).square().sum(dim=0)
+    factor = (target_power / ternary_power.clamp_min(1e-30)).sqrt()
+    # Rows the calibration tokens never reach stay as they are.
+    factor = torch.where(ternary_power > 0, factor, torch.ones_like(factor))
+    for parameter in (layer.weight, layer.weight_scale, layer.weight_shift):
+        parameter.mul_(factor[:, None].to(parameter.dtype))
 
 
 def spherical_kmeans(x: torch.Tensor, clusters: int, generator: torch.Generator) -> torch.Tensor:

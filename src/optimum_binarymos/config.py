@@ -52,6 +52,26 @@ def module_name_list(names: Any) -> list[str] | None:
     return list(names)
 
 
+def check_calibration_tokens(calibration_tokens: Any) -> None:
+    """Refuse a ``calibration_tokens`` that is not an integer of at least ``MIN_CALIBRATION_TOKENS``."""
+    if (
+        isinstance(calibration_tokens, bool)
+        or not isinstance(calibration_tokens, int)
+        or calibration_tokens < MIN_CALIBRATION_TOKENS
+    ):
+        raise ValueError(
+            f"calibration_tokens must be an integer >= {MIN_CALIBRATION_TOKENS}; got {calibration_tokens!r}"
+        )
+
+
+def config_dict_without_calibration(config: QuantizationConfigMixin) -> dict[str, Any]:
+    """``config.__dict__`` deep-copied without the calibration inputs: they shape the initialization only, a
+    checkpoint does not need them, and a tokenizer or a dataset is not JSON."""
+    return copy.deepcopy(
+        {key: value for key, value in config.__dict__.items() if key not in _CALIBRATION_INPUTS}
+    )
+
+
 def check_checkpoint_form(checkpoint_form: Any) -> None:
     """Refuse a ``checkpoint_form`` other than those of :data:`CHECKPOINT_FORMS`; otherwise loading would pick
     packed or latent skeletons from a typo and fail later on tensor shapes."""
@@ -163,19 +183,10 @@ class BinaryMoSConfig(QuantizationConfigMixin):
         if self.format_version > FORMAT_VERSION:
             raise ValueError(newer_format_message(self.format_version, FORMAT_VERSION, "BinaryMoS packed"))
         check_checkpoint_form(self.checkpoint_form)
-        if (
-            isinstance(self.calibration_tokens, bool)
-            or not isinstance(self.calibration_tokens, int)
-            or self.calibration_tokens < MIN_CALIBRATION_TOKENS
-        ):
-            raise ValueError(
-                f"calibration_tokens must be an integer >= {MIN_CALIBRATION_TOKENS}; got {self.calibration_tokens!r}"
-            )
+        check_calibration_tokens(self.calibration_tokens)
 
     def to_dict(self) -> dict[str, Any]:
-        # The calibration inputs shape the initialization only: a checkpoint does not need them, and a tokenizer
-        # or a dataset is not JSON.
-        return copy.deepcopy({key: value for key, value in self.__dict__.items() if key not in _CALIBRATION_INPUTS})
+        return config_dict_without_calibration(self)
 
     def __iter__(self):
         yield from self.to_dict().items()

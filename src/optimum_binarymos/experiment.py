@@ -76,8 +76,9 @@ class Budget:
         kd_logits_reduction: ``"token_mean"`` keeps the KL term's size independent of ``block_size``.
         warmup: warmup fraction of the steps.
         seed: seeds the router initialization, the data order and the trainer.
-        calibration_tokens: tokens of older text that initialize BinaryMoS experts, routers and output scales
-            (:func:`~optimum_binarymos.calibrate_model`); 0 = SVID scales and a random router (the paper).
+        calibration_tokens: tokens of older text that initialize BinaryMoS experts, routers and output scales, or
+            ternary rows' magnitudes (:func:`~optimum_binarymos.calibrate_model`); 0 = the paper's data-free
+            initialization (SVID scales and a random router; TWN).
         scales_learning_rate: learning rate of scales and routers (``None``: ``learning_rate``).
     """
 
@@ -130,8 +131,8 @@ def quantization_config(
     """The quantization config of ``method`` (one of :data:`METHODS`).
 
     ``"onebit"`` is ``BinaryMoSConfig(num_experts=1)``, ``"binarymos"`` ``BinaryMoSConfig(num_experts)``,
-    ``"ternary"`` ``TernaryConfig(group_size)``. ``calibration`` token ids, when given, calibrate the BinaryMoS
-    and OneBit students (ternary has no data-aware initialization).
+    ``"ternary"`` ``TernaryConfig(group_size)``. ``calibration`` token ids, when given, calibrate the student
+    (:func:`~optimum_binarymos.calibrate_model`).
     """
     data = {} if calibration is None else {"dataset": calibration, "calibration_tokens": calibration.numel()}
     if method == "onebit":
@@ -139,7 +140,7 @@ def quantization_config(
     if method == "binarymos":
         return BinaryMoSConfig(num_experts=num_experts, **data)
     if method == "ternary":
-        return TernaryConfig(group_size=group_size)
+        return TernaryConfig(group_size=group_size, **data)
     raise ValueError(f"method must be one of {list(METHODS)}, got {method!r}")
 
 
@@ -157,7 +158,7 @@ def build_student(
 
     ``seed`` fixes the random router initialization, so runs repeat; ``expert_spread > 0`` applies
     :func:`spread_experts` to a BinaryMoS student; ``calibration`` token ids (``SotuData.calibration``)
-    calibrate a BinaryMoS or OneBit student while it converts.
+    calibrate the student while it converts.
     """
     torch.manual_seed(seed)
     config = quantization_config(method, num_experts, calibration=calibration)
@@ -245,7 +246,7 @@ def sotu_data(
     train = text_blocks([train_text[-chars:]], tokenizer, budget.block_size)
     calibration = None
     if budget.calibration_tokens:
-        older = train_text[: -chars][-budget.calibration_tokens * _CHARS_PER_TOKEN :]
+        older = train_text[:-chars][-budget.calibration_tokens * _CHARS_PER_TOKEN :]
         ids = tokenizer(older, add_special_tokens=False)["input_ids"]
         calibration = torch.tensor(ids[-budget.calibration_tokens :], dtype=torch.long)
     if len(train) < needed_blocks:
@@ -266,12 +267,13 @@ def distill(
     output_dir: str | os.PathLike[str],
     *,
     progress: bool = True,
+    callbacks: list[Any] | None = None,
     **overrides: Any,
 ) -> list[dict[str, float]]:
     """Distill ``teacher`` into ``student`` (modified in place) on ``train`` for ``budget``.
 
-    ``overrides`` go to :class:`~optimum_binarymos.distill.DistillationConfig`. Runs on CPU unless a GPU is
-    present. Returns the trainer's log history: one dict per logged step with ``loss``, ``kd_logits``,
+    ``overrides`` go to :class:`~optimum_binarymos.distill.DistillationConfig`, ``callbacks``
+    (``transformers.TrainerCallback``) to the trainer. Runs on CPU unless a GPU is present. Returns the trainer's log history: one dict per logged step with ``loss``, ``kd_logits``,
     ``kd_hidden``, ``learning_rate`` and ``step``.
     """
     from .distill import DistillationConfig, DistillationTrainer
@@ -300,6 +302,7 @@ def distill(
         args=DistillationConfig(**arguments),
         train_dataset=train,
         data_collator=default_data_collator,
+        callbacks=callbacks,
     )
     trainer.train()
     return [entry for entry in trainer.state.log_history if "loss" in entry]

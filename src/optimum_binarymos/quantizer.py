@@ -189,7 +189,22 @@ class PackingHfQuantizer(HfQuantizer):
         return model
 
     def _calibrate(self, model: nn.Module) -> None:
-        """Data-aware initialization after an on-the-fly conversion; methods that have one override this."""
+        """Data-aware initialization after an on-the-fly conversion, when the config carries a ``dataset``."""
+        config = self.quantization_config
+        if self.pre_quantized or getattr(config, "dataset", None) is None:
+            return
+        from .calibration import calibrate_model
+
+        report = calibrate_model(
+            model, config.dataset, config.tokenizer, num_tokens=config.calibration_tokens
+        )
+        logger.info(
+            "%s: %d layers calibrated on %d tokens in %.1f s",
+            self.method_name,
+            report.layers,
+            report.tokens,
+            report.seconds,
+        )
 
     def get_state_dict_and_metadata(self, model):
         metadata = {self.format_metadata_key: str(self.format_version)}
@@ -229,15 +244,6 @@ class BinaryMoSHfQuantizer(PackingHfQuantizer):
 
     def describe_config(self) -> str:
         return f"num_experts={self.quantization_config.num_experts}"
-
-    def _calibrate(self, model: nn.Module) -> None:
-        config = self.quantization_config
-        if self.pre_quantized or config.dataset is None:
-            return
-        from .calibration import calibrate_model
-
-        report = calibrate_model(model, config.dataset, config.tokenizer, num_tokens=config.calibration_tokens)
-        logger.info("BinaryMoS: %d layers calibrated on %d tokens in %.1f s", report.layers, report.tokens, report.seconds)
 
 
 def packed_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:

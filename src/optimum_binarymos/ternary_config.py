@@ -8,8 +8,15 @@ from typing import Any
 from transformers.quantizers import register_quantization_config
 from transformers.utils.quantization_config import QuantizationConfigMixin
 
+from .calibration import DEFAULT_CALIBRATION_TOKENS
 from .config import CHECKPOINT_FORMS as CHECKPOINT_FORMS  # re-exported: both methods share the forms
-from .config import check_checkpoint_form, module_name_list, newer_format_message
+from .config import (
+    check_calibration_tokens,
+    check_checkpoint_form,
+    config_dict_without_calibration,
+    module_name_list,
+    newer_format_message,
+)
 from .kernels.ternary import TRITON_GROUP_MULTIPLE
 from .nn.ternary import DEFAULT_GROUP_SIZE, DEFAULT_INIT_THRESHOLD, SHIFT_INITS
 from .packing import CODE_PACKINGS, TERNARY_FORMAT_VERSION
@@ -28,6 +35,9 @@ _FIELDS = (
     "modules_to_not_convert",
     "format_version",
     "checkpoint_form",
+    "dataset",
+    "tokenizer",
+    "calibration_tokens",
 )
 
 
@@ -56,6 +66,13 @@ class TernaryConfig(QuantizationConfigMixin):
         format_version: version of the packed ternary layout; set when saving, checked when loading.
         checkpoint_form: ``"packed"`` (trits, for inference; the default) or ``"latent"`` (float latent weights
             for resuming training; written inside :func:`optimum_binarymos.latent_saving`). Set by the library.
+        dataset: calibration data for a data-aware initialization when ``from_pretrained`` converts a float
+            model (:func:`optimum_binarymos.calibrate_model`): each output row's weight, scales and shifts are
+            multiplied by one factor so the row's output matches the float layer's magnitude on this data (the
+            trits stay TWN's). The forms of ``BinaryMoSConfig(dataset=...)``; ``None`` (the default): TWN only.
+            Not saved in ``config.json``.
+        tokenizer: the model's tokenizer, needed when ``dataset`` is text. Not saved.
+        calibration_tokens: calibration tokens read from ``dataset``.
 
     Example::
 
@@ -73,6 +90,9 @@ class TernaryConfig(QuantizationConfigMixin):
         modules_to_not_convert: list[str] | None = None,
         format_version: int = TERNARY_FORMAT_VERSION,
         checkpoint_form: str = "packed",
+        dataset: Any = None,
+        tokenizer: Any = None,
+        calibration_tokens: int = DEFAULT_CALIBRATION_TOKENS,
         **kwargs: Any,
     ) -> None:
         self.quant_method = TERNARY_QUANT_METHOD
@@ -83,6 +103,9 @@ class TernaryConfig(QuantizationConfigMixin):
         self.modules_to_not_convert = module_name_list(modules_to_not_convert)
         self.format_version = format_version
         self.checkpoint_form = checkpoint_form
+        self.dataset = dataset
+        self.tokenizer = tokenizer
+        self.calibration_tokens = calibration_tokens
         # Reloading passes back every saved key; drop the one transformers adds itself.
         kwargs.pop("quant_method", None)
         if kwargs:
@@ -128,3 +151,7 @@ class TernaryConfig(QuantizationConfigMixin):
                 newer_format_message(self.format_version, TERNARY_FORMAT_VERSION, "ternary packed")
             )
         check_checkpoint_form(self.checkpoint_form)
+        check_calibration_tokens(self.calibration_tokens)
+
+    def to_dict(self) -> dict[str, Any]:
+        return config_dict_without_calibration(self)

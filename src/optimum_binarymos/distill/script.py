@@ -3,11 +3,13 @@ distillation).
 
 The float model is the teacher; the student is the same checkpoint loaded with ``BinaryMoSConfig`` (latent
 weights, SVID-initialized scales; experts, routers and output scales then calibrated on the first
-``--calibration_tokens`` training tokens) or, with ``--method ternary``, with ``TernaryConfig``. Text comes from local files (``--train-files``) or a
+``--calibration_tokens`` training tokens) or, with ``--method ternary``, with ``TernaryConfig`` (TWN-initialized
+scales and shifts, each row's magnitude then calibrated the same way). Text comes from local files (``--train-files``) or a
 ``datasets`` dataset (``--dataset_name``, needs ``pip install datasets``); it is tokenized, joined and cut into
 ``--block-size`` blocks. Every ``DistillationConfig`` / ``TrainingArguments`` flag works (``--help`` lists
-them); the defaults are the BinaryMoS recipe (lr 2e-5, cosine, 3 % warmup, 3 epochs, batch 4,
-KL + 10 x hidden-state MSE). Intermediate checkpoints keep latent weights (resume with
+them); the defaults are the small-budget recipe of ``DistillationConfig`` (lr 1e-3, scales 5e-3, cosine, 5 %
+warmup, KL per token + OneBit's normalized hidden-state distance); ``DistillationConfig.paper`` is the authors'.
+Intermediate checkpoints keep latent weights (resume with
 ``--resume_from_checkpoint``); the final model is saved packed, 1 bit per weight, in ``<output_dir>/final``.
 
 One CPU (a quick check on a small model)::
@@ -76,15 +78,22 @@ class ScriptArguments:
     )
     method: Literal["binarymos", "ternary"] = field(
         default="binarymos",
-        metadata={"help": "Student: 'binarymos' (1 bit; --num_experts 1 is OneBit) or 'ternary' (1.58 bits, DLT)."},
+        metadata={
+            "help": "Student: 'binarymos' (1 bit; --num_experts 1 is OneBit) or 'ternary' (1.58 bits, DLT)."
+        },
     )
-    num_experts: int = field(default=4, metadata={"help": "Scaling experts per layer (1 = OneBit); binarymos only."})
-    group_size: int = field(default=128, metadata={"help": "Weights per ternary scale and shift; ternary only."})
+    num_experts: int = field(
+        default=4, metadata={"help": "Scaling experts per layer (1 = OneBit); binarymos only."}
+    )
+    group_size: int = field(
+        default=128, metadata={"help": "Weights per ternary scale and shift; ternary only."}
+    )
     calibration_tokens: int = field(
         default=DEFAULT_CALIBRATION_TOKENS,
         metadata={
             "help": "Tokens of the first training blocks that initialize the BinaryMoS experts, routers and output "
-            "scales from the float model's activations (data-aware init); 0 = SVID scales and a random router."
+            "scales (ternary: each row's magnitude) from the float model's activations (data-aware init); 0 = SVID "
+            "scales and a random router (ternary: TWN only)."
         },
     )
     dtype: Literal["bfloat16", "float16", "float32"] = field(
@@ -113,21 +122,25 @@ def load_blocks(script: ScriptArguments, tokenizer):
 
 
 def student_config(script: ScriptArguments, train: TokenBlocks) -> BinaryMoSConfig | TernaryConfig:
-    """The quantization config of the student; BinaryMoS students calibrate on the first training blocks."""
-    if script.method == "ternary":
-        return TernaryConfig(group_size=script.group_size)
-    if script.method != "binarymos":
+    """The quantization config of the student, calibrated on the first training blocks (both methods)."""
+    if script.method not in ("binarymos", "ternary"):
         raise ValueError(f"--method must be 'binarymos' or 'ternary', got {script.method!r}")
+    if script.method == "ternary":
+        make = lambda **data: TernaryConfig(group_size=script.group_size, **data)  # noqa: E731
+    else:
+        make = lambda **data: BinaryMoSConfig(num_experts=script.num_experts, **data)  # noqa: E731
     tokens = min(script.calibration_tokens, train.blocks.numel())
     if not script.calibration_tokens:
-        return BinaryMoSConfig(num_experts=script.num_experts)
+        return make()
     if tokens < MIN_CALIBRATION_TOKENS:
         logger.warning(
-            "Only %d training tokens: too few to calibrate (at least %d); the student keeps SVID scales and a "
-            "random router.", tokens, MIN_CALIBRATION_TOKENS
+            "Only %d training tokens: too few to calibrate (at least %d); the student keeps its data-free "
+            "initialization.",
+            tokens,
+            MIN_CALIBRATION_TOKENS,
         )
-        return BinaryMoSConfig(num_experts=script.num_experts)
-    return BinaryMoSConfig(num_experts=script.num_experts, dataset=train.blocks, calibration_tokens=tokens)
+        return make()
+    return make(dataset=train.blocks, calibration_tokens=tokens)
 
 
 def main(argv: list[str] | None = None) -> str:
