@@ -8,7 +8,12 @@ from conftest import VOCAB, make_float_model
 from transformers import AutoModelForCausalLM
 
 from optimum_binarymos import BinaryMoSConfig, BinaryMoSLinear, calibrate_model, convert_model, pack_model
-from optimum_binarymos.calibration import calibration_token_ids, fit_layer, fit_ternary_layer, spherical_kmeans
+from optimum_binarymos.calibration import (
+    calibration_token_ids,
+    fit_layer,
+    fit_ternary_layer,
+    spherical_kmeans,
+)
 from optimum_binarymos.nn.ternary import TernaryLinear
 from optimum_binarymos.packing import sign_with_ties
 from optimum_binarymos.ternary_config import TernaryConfig
