@@ -286,3 +286,32 @@ def test_one_module_name_given_as_a_string_is_one_name(config_class):
     for block in model.model.layers:
         assert all(type(getattr(block.mlp, name)) is torch.nn.Linear for name in ("gate_proj", "up_proj", "down_proj"))
         assert type(block.self_attn.q_proj) is not torch.nn.Linear
+
+
+def test_packed_checkpoint_loads_frozen_and_runs_packed_kernels_with_grad_enabled(tmp_path, tokens, monkeypatch):
+    import optimum_binarymos.kernels as kernels
+
+    model = convert_model(make_float_model("llama"), BinaryMoSConfig(num_experts=2))
+    model.save_pretrained(tmp_path / "packed")
+    packed = AutoModelForCausalLM.from_pretrained(tmp_path / "packed")
+    assert not any(param.requires_grad for param in packed.parameters())
+
+    kernel_calls = []
+    kernel = kernels.binarymos_linear
+
+    def recording_kernel(*args, **kwargs):
+        kernel_calls.append(args[0].shape)
+        return kernel(*args, **kwargs)
+
+    monkeypatch.setattr(kernels, "binarymos_linear", recording_kernel)
+    assert torch.is_grad_enabled()
+    packed(tokens)  # no torch.no_grad(): a user calling the model as is
+    layers = sum(isinstance(module, PackedBinaryMoSLinear) for module in packed.modules())
+    assert len(kernel_calls) == layers > 0
+
+    # Training the scales stays possible, explicitly: then the differentiable path runs.
+    kernel_calls.clear()
+    packed.model.layers[0].mlp.up_proj.requires_grad_(True)
+    packed(tokens).logits.sum().backward()
+    assert packed.model.layers[0].mlp.up_proj.scale_out.grad is not None
+    assert len(kernel_calls) < layers

@@ -182,7 +182,11 @@ class PackingHfQuantizer(HfQuantizer):
         # Whatever was loaded, the next save_pretrained writes packed layers unless asked otherwise.
         self.quantization_config.checkpoint_form = "packed"
         self._calibrate(model)
-        kind = "packed" if self.holds_packed_layers else "latent (trainable)"
+        if self.holds_packed_layers:
+            # A packed model is an inference model: frozen, so a forward outside torch.no_grad() still runs the
+            # packed kernels. Adapters (peft) or requires_grad_(True) on chosen parts make it train, explicitly.
+            model.requires_grad_(False)
+        kind = "packed (frozen)" if self.holds_packed_layers else "latent (trainable)"
         logger.info("%s: %d layers in %s form", self.method_name, len(self.converted_modules), kind)
         # optimum_binarymos.hub: save_pretrained/push_to_hub write the model card; a conversion records its source.
         prepare_for_sharing(model, converted=not self.pre_quantized)
