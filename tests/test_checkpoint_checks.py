@@ -294,6 +294,15 @@ def test_scales_holding_nan_or_inf_are_refused_naming_the_tensor(binary_checkpoi
         AutoModelForCausalLM.from_pretrained(binary_checkpoint)
 
 
+@pytest.mark.parametrize("checkpoint", ["binary_checkpoint", "ternary_checkpoint"])
+@pytest.mark.parametrize("name", ["model.embed_tokens.weight", "model.norm.weight", "model.layers.1.input_layernorm.weight"])
+def test_quantized_checkpoint_missing_a_float_tensor_is_refused_naming_it(checkpoint, name, request):
+    folder = request.getfixturevalue(checkpoint)
+    rewrite(folder / "model.safetensors", edit_tensors=lambda tensors: tensors.pop(name))
+    with pytest.raises(ValueError, match=rf"missing .* tensors: {re.escape(name)}\b"):
+        AutoModelForCausalLM.from_pretrained(folder)
+
+
 KILLED_MID_SAVE = """
 import os, signal, sys
 import transformers.modeling_utils

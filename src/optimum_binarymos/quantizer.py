@@ -176,7 +176,9 @@ class PackingHfQuantizer(HfQuantizer):
             return False
 
     def _process_model_after_weight_loading(self, model, **kwargs):
-        _check_fully_loaded(model, (self.latent_layer_type, self.packed_layer_type), self.method_name)
+        _check_fully_loaded(
+            model, (self.latent_layer_type, self.packed_layer_type), self.method_name, whole_model=self.pre_quantized
+        )
         if self.pre_quantized:
             _check_finite(model, (self.latent_layer_type, self.packed_layer_type), self.method_name)
         # Whatever was loaded, the next save_pretrained writes packed layers unless asked otherwise.
@@ -406,23 +408,25 @@ def _dtype_fits(header_dtype: str, expected: torch.dtype) -> bool:
     return _SAFETENSORS_DTYPES.get(header_dtype) == expected
 
 
-def _check_fully_loaded(model: nn.Module, layer_types: tuple[type[nn.Module], ...], method_name: str) -> None:
-    """Refuse a model whose quantized layers' tensors were not all in the checkpoint (they would hold garbage)."""
+def _check_fully_loaded(
+    model: nn.Module, layer_types: tuple[type[nn.Module], ...], method_name: str, whole_model: bool = False
+) -> None:
+    """Refuse a model whose quantized layers' tensors were not all in the checkpoint (they would hold garbage).
+
+    With ``whole_model`` (a quantized checkpoint, which this package writes whole) every tensor of the state dict
+    must have been loaded: a missing embedding or norm would otherwise be initialized at random.
+    """
+    layers = {name for name, module in model.named_modules() if isinstance(module, layer_types)}
     missing = [
-        f"{module_name}.{tensor_name}"
-        for module_name, module in model.named_modules()
-        if isinstance(module, layer_types)
-        for tensor_name, tensor in [
-            *module.named_parameters(recurse=False),
-            *module.named_buffers(recurse=False),
-        ]
-        if not getattr(tensor, "_is_hf_initialized", False)
+        name
+        for name, tensor in model.state_dict(keep_vars=True).items()
+        if (whole_model or name.rpartition(".")[0] in layers) and not getattr(tensor, "_is_hf_initialized", False)
     ]
     if missing:
         shown = _listed(missing, 5)
         raise ValueError(
-            f"The checkpoint is missing {method_name} tensors: {shown}. It was not written by this version of "
-            "optimum-binarymos for this architecture, or it is incomplete."
+            f"The checkpoint is missing {method_name} model tensors: {shown}. It was not written by this version "
+            "of optimum-binarymos for this architecture, or it is incomplete."
         )
 
 
