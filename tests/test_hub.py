@@ -29,7 +29,7 @@ from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
 
 import _optimum_binarymos_autoload
-from optimum_binarymos import BinaryMoSConfig
+from optimum_binarymos import BinaryMoSConfig, convert_model
 from optimum_binarymos.footprint import model_footprint
 from optimum_binarymos.hub import (
     CARD_MARKER,
@@ -449,3 +449,19 @@ def test_the_readable_copy_of_the_card_template_is_current():
     assert copy_for_reading.read_text() == shipped.read_text(), (
         "cp src/optimum_binarymos/templates/model_card.md model_cards/"
     )
+
+
+def test_card_text_from_a_config_file_stays_inert():
+    hostile = "mlp`|\n# Injected <img src=x onerror=alert(1)>"
+    model = convert_model(
+        make_float_model("llama"), BinaryMoSConfig(num_experts=2, modules_to_not_convert=[hostile])
+    )
+    record_evaluation(model, {"ppl | <b>": "1 |\n## Fake section"})
+    card = render_model_card(model, "user/tiny")
+    assert not [line for line in card.splitlines() if line.startswith(("# Injected", "## Fake"))]
+    assert "<img" not in card and "<b>" not in card
+    kept = next(line for line in card.splitlines() if line.startswith("| kept in float |"))
+    assert kept.count(" | ") == 1  # one cell boundary: the hostile name did not add table columns
+    assert "mlp\\`\\| # Injected &lt;img src=x onerror=alert(1)&gt;" in kept
+    evaluation = next(line for line in card.splitlines() if "Fake section" in line)
+    assert evaluation == "| ppl \\| &lt;b&gt; | 1 \\| ## Fake section |"

@@ -15,6 +15,7 @@ Writing the card on ``save_pretrained`` and ``push_to_hub`` is :mod:`optimum_bin
 from __future__ import annotations
 
 import functools
+import html
 import logging
 import os
 import re
@@ -443,7 +444,7 @@ def render_model_card(
     values = {
         "metadata": ModelCardData(**card_metadata).to_yaml(),
         "marker": CARD_MARKER,
-        "title": name or f"{method.name[0].upper()}{method.name[1:]} model",
+        "title": _cell(name) if name else f"{method.name[0].upper()}{method.name[1:]} model",
         "summary": _summary(method, base_model, quantization, footprint),
         "quant_method": method.quant_method,
         "layer_kind": method.layer_kind,
@@ -547,7 +548,7 @@ def _settings_rows(
     blocks = {match.group(0) for name in layers if (match := re.match(r".*?\.\d+(?=\.)", name))}
     kept = "embeddings, `lm_head`, norms"
     if quantization.modules_to_not_convert:
-        kept += ", " + ", ".join(f"`{name}`" for name in quantization.modules_to_not_convert)
+        kept += ", " + ", ".join(_code(name) for name in quantization.modules_to_not_convert)
     head, tail = method.settings(quantization, footprint)
     rows = [
         *head,
@@ -575,8 +576,19 @@ def _stored_note(quantization, float_dtype, stored_bytes: int) -> str:
 def _evaluation_section(evaluation: Mapping[str, Any]) -> str:
     if not evaluation:
         return ""
-    rows = [f"| {name} | {_format_value(value)} |" for name, value in evaluation.items()]
+    rows = [f"| {_cell(name)} | {_cell(_format_value(value))} |" for name, value in evaluation.items()]
     return "\n## Evaluation\n\n| metric | value |\n|---|---|\n" + "\n".join(rows) + "\n"
+
+
+def _cell(value: Any) -> str:
+    """Text that came from a config file or a caller, made inert in the card: one line, no HTML, no table syntax."""
+    return html.escape(" ".join(str(value).split())).replace("|", "\\|").replace("`", "\\`")
+
+
+def _code(name: str) -> str:
+    """A module name as inline code when it looks like one; anything else as escaped text (a backtick would
+    end the code span)."""
+    return f"`{name}`" if re.fullmatch(r"[\w.*\-]+", str(name)) else _cell(name)
 
 
 def _format_value(value: Any) -> str:
