@@ -9,6 +9,7 @@ wider buffer of 0xFF bytes, so a kernel that ignores their row stride reads the 
 
 from __future__ import annotations
 
+import collections
 import hashlib
 import multiprocessing
 import os
@@ -211,16 +212,42 @@ def test_whole_packed_model_gives_the_same_logits_on_triton_and_torch(triton_lin
 # --- torch backend and native CPU kernel --------------------------------------------------------------------
 
 
+def record_native_calls(monkeypatch) -> collections.Counter:
+    """Count the native kernels' entry points from here on (a test-only wrapper; nothing counts in the library)."""
+    kernels = native_kernels()
+    assert kernels is not None, "the C kernels did not build: packed layers on CPU fall back to the slow path"
+    calls: collections.Counter = collections.Counter()
+    for name in ("linear", "unpack"):
+        method = getattr(kernels, name)
+
+        def recording(*args, _method=method, _name=name, **kwargs):
+            calls[_name] += 1
+            return _method(*args, **kwargs)
+
+        monkeypatch.setattr(kernels, name, recording)
+    return calls
+
+
 @pytest.mark.parametrize("use_native", [True, False], ids=["native", "pure-torch"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("tokens", [1, 3, 17, 40])
 def test_torch_backend_matches_the_formula(monkeypatch, tokens, dtype, use_native):
     # Small unpacked blocks, so that the blocked strategy (40 tokens) crosses block boundaries too.
     monkeypatch.setattr(torch_backend, "UNPACK_BLOCK_ELEMENTS", 8 * K)
+    calls = record_native_calls(monkeypatch)
     for experts, bias in [(4, True), (1, False)]:
         case, expected = make_case(tokens, experts, bias, dtype=dtype, seed=tokens + experts)
         y = torch_backend.packed_linear(**case, use_native=use_native)
         assert_matches(y, expected, dtype)
+    # The path that ran: the fused C linear up to NATIVE_MAX_TOKENS, C-unpacked blocks and a matmul above it
+    # (8 rows per block, N rows, two cases), nothing native without use_native.
+    blocks = 2 * -(-N // 8)
+    if not use_native:
+        assert calls == {}
+    elif tokens <= torch_backend.NATIVE_MAX_TOKENS:
+        assert calls == {"linear": 2}
+    else:
+        assert calls == {"unpack": blocks}
 
 
 def test_native_kernels_are_built_and_used_on_this_machine():
@@ -229,11 +256,13 @@ def test_native_kernels_are_built_and_used_on_this_machine():
     if sys.platform.startswith("linux"):
         has_avx2 = " avx2" in f" {build.cpu_signature()} "
         assert kernels.simd == ("avx2" if has_avx2 else "portable")
+
+def test_a_packed_layer_on_cpu_runs_the_native_kernel(monkeypatch):
+    calls = record_native_calls(monkeypatch)
     layer = PackedBinaryMoSLinear(K, N, num_experts=4, bias=True).requires_grad_(False)
-    before = kernels.linear_calls
     with torch.no_grad():
         layer(torch.randn(1, K))
-    assert kernels.linear_calls == before + 1
+    assert calls == {"linear": 1}
 
 
 def test_portable_c_loop_matches_the_formula(tmp_path):

@@ -468,7 +468,10 @@ def test_bfloat16_conversion_keeps_scales_in_model_dtype(float_checkpoint, token
     with torch.no_grad():
         expected, got = model(tokens).logits.float(), reloaded(tokens).logits.float()
     assert reloaded.model.layers[0].mlp.down_proj.weight_scale.dtype == torch.bfloat16
-    torch.testing.assert_close(got, expected, rtol=3e-2, atol=3e-2)
+    # The latent and packed paths sum in different orders in bfloat16 and the logits are rounded to it: observed
+    # up to 1 unit in the last place of the largest logit (0.0039 of 0.57), allowed 4.
+    ulp = 2.0**-8 * expected.abs().max().item()
+    torch.testing.assert_close(got, expected, rtol=0, atol=4 * ulp)
 
 
 def test_plain_trainer_trains_the_latent_model(float_checkpoint, tmp_path):

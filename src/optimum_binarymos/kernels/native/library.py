@@ -66,8 +66,6 @@ class NativeKernels:
         ]  # fmt: skip
         self._lib.bmos_unpack_f32.restype = None
         self._lib.bmos_unpack_f32.argtypes = [_PTR, _I64, _I64, _I64, _PTR, ctypes.c_int]
-        #: Calls of :meth:`linear` so far (tests use it to check that the native path really ran).
-        self.linear_calls = 0
 
     @property
     def simd(self) -> str:
@@ -127,7 +125,6 @@ class NativeKernels:
         )  # fmt: skip
         if status != 0:
             raise MemoryError("the native BinaryMoS kernel could not allocate its scratch buffer")
-        self.linear_calls += 1
         return y
 
     def unpack(self, packed: torch.Tensor, in_features: int, out: torch.Tensor | None = None) -> torch.Tensor:
