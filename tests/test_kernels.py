@@ -25,7 +25,13 @@ import transformers
 from transformers import AutoModelForCausalLM
 
 import optimum_binarymos
-from optimum_binarymos import BinaryMoSConfig, PackedBinaryMoSLinear, pack_signs, unpack_signs
+from optimum_binarymos import (
+    BinaryMoSConfig,
+    BinaryMoSLinear,
+    PackedBinaryMoSLinear,
+    pack_signs,
+    unpack_signs,
+)
 from optimum_binarymos.kernels import binarymos_linear, dispatch, native, torch_backend
 from optimum_binarymos.kernels.native import (
     NativeBuildError,
@@ -565,3 +571,34 @@ def test_cuda_auto_backend_is_triton(triton_linear, monkeypatch):
     before = triton_linear.LAUNCHES["gemv"]
     assert_matches(binarymos_linear(**case).cpu(), expected, torch.float16)
     assert triton_linear.LAUNCHES["gemv"] == before + 1
+
+
+# --- torch operators: torch.compile traces packed layers whole ---------------------------------------------------
+
+
+def test_packed_layers_compile_without_graph_breaks_and_match_eager():
+    from optimum_binarymos.nn.ternary import PackedTernaryLinear, TernaryLinear
+
+    torch.manual_seed(0)
+    binary = PackedBinaryMoSLinear.from_latent(BinaryMoSLinear(K, N, num_experts=4, bias=True))
+    ternary = PackedTernaryLinear.from_latent(TernaryLinear(K, N, group_size=32, bias=True), "base3")
+    x = torch.randn(5, K)
+    for layer in (binary, ternary):
+        torch._dynamo.reset()
+        with torch.no_grad():
+            # fullgraph=True raises at the first graph break (an opaque ctypes or Triton call would be one).
+            compiled = torch.compile(layer, backend="eager", fullgraph=True)
+            torch.testing.assert_close(compiled(x), layer(x), rtol=0, atol=0)
+
+
+def test_operators_have_fake_implementations_with_the_output_shape():
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    with FakeTensorMode():
+        x = torch.empty(7, K)
+        packed = torch.empty(N, (K + 7) // 8, dtype=torch.uint8)
+        y = torch.ops.optimum_binarymos.packed_linear(x, packed, K, torch.empty(1, K), torch.empty(1, N), None, None)
+        codes = torch.empty(N, (K + 4) // 5, dtype=torch.uint8)
+        groups = torch.empty(N, (K + 31) // 32)
+        z = torch.ops.optimum_binarymos.ternary_matmul(x, codes, groups, groups, K, 32, "base3")
+    assert y.shape == z.shape == (7, N) and y.dtype == z.dtype == torch.float32

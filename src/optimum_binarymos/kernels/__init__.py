@@ -8,7 +8,8 @@
 The backend follows :mod:`.dispatch` (``BINARYMOS_BACKEND`` = ``auto`` | ``triton`` | ``torch``, read at every
 call): CUDA tensors go to the Triton kernels of :mod:`.triton` (a split-K GEMV for few tokens, a ``tl.dot``
 GEMM otherwise), CPU tensors to :mod:`.torch_backend` (a native C kernel for few tokens, a blocked unpack and
-matmul otherwise). Importing this package never imports ``triton``.
+matmul otherwise). The kernels are registered as torch operators (:mod:`.ops`), so ``torch.compile`` traces
+through packed layers. Importing this package never imports ``triton``.
 
 Example::
 
@@ -27,6 +28,7 @@ from __future__ import annotations
 
 import torch
 
+from . import ops
 from .dispatch import BACKEND_VARIABLE, BACKENDS, requested_backend, select_backend
 
 __all__ = ["BACKENDS", "BACKEND_VARIABLE", "binarymos_linear", "requested_backend", "select_backend"]
@@ -78,9 +80,7 @@ def binarymos_linear(
     flat_gates = None if gates is None else gates.reshape(-1, experts)
     if flat.shape[0] == 0:
         return x.new_empty(*x.shape[:-1], out_features)
-    if select_backend(x.device) == "triton":
-        from .triton.linear import packed_linear
-    else:
-        from .torch_backend import packed_linear
-    y = packed_linear(flat, packed, in_features, scale_in, scale_out, flat_gates, bias)
+    # Under torch.compile the operator (one node instead of a graph break); eager skips the dispatcher.
+    linear = ops.packed_linear if torch.compiler.is_compiling() else ops.run_packed_linear
+    y = linear(flat, packed, in_features, scale_in, scale_out, flat_gates, bias)
     return y.reshape(*x.shape[:-1], out_features)

@@ -71,14 +71,34 @@ def ternary_matmul(
     flat = x.reshape(-1, in_features)
     # The Triton kernel has no backward; activations that need a gradient (adapters training over a packed
     # model) take the differentiable torch path.
-    needs_grad = torch.is_grad_enabled() and x.requires_grad
-    if select_ternary_backend(x, group_size) == "triton" and not needs_grad:
+    needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (x, scale, shift))
+    if needs_grad:
+        y = ternary_matmul_torch(flat, codes, scale, shift, in_features, group_size, code_packing)
+    elif torch.compiler.is_compiling():  # the operator of .ops: one node instead of a graph break
+        y = torch.ops.optimum_binarymos.ternary_matmul(
+            flat, codes, scale, shift, in_features, group_size, code_packing
+        )
+    else:
+        y = ternary_matmul_inference(flat, codes, scale, shift, in_features, group_size, code_packing)
+    return y.reshape(*x.shape[:-1], codes.shape[0])
+
+
+def ternary_matmul_inference(
+    x: torch.Tensor,
+    codes: torch.Tensor,
+    scale: torch.Tensor,
+    shift: torch.Tensor,
+    in_features: int,
+    group_size: int,
+    code_packing: str,
+) -> torch.Tensor:
+    """:func:`ternary_matmul` for 2-D ``x`` ``(M, K)`` without autograd, on the backend
+    :func:`select_ternary_backend` picks (the body of the ``optimum_binarymos::ternary_matmul`` operator)."""
+    if select_ternary_backend(x, group_size) == "triton":
         from .triton.ternary import ternary_matmul_triton
 
-        y = ternary_matmul_triton(flat, codes, scale, shift, group_size, code_packing)
-    else:
-        y = ternary_matmul_torch(flat, codes, scale, shift, in_features, group_size, code_packing)
-    return y.reshape(*x.shape[:-1], codes.shape[0])
+        return ternary_matmul_triton(x, codes, scale, shift, group_size, code_packing)
+    return ternary_matmul_torch(x, codes, scale, shift, in_features, group_size, code_packing)
 
 
 def ternary_matmul_torch(
