@@ -334,6 +334,9 @@ def write_report(results: dict, args: argparse.Namespace, argv: list[str]) -> Pa
         budget = Budget(**{k: v for k, v in fields.items() if k != "tokens"})
         budgets.append(f"  - {recipe}: {budget.describe()}, seed {budget.seed}")
     tokens = next(iter(results["budgets"].values()))["tokens"]
+    # A re-render (--from-json) describes the run's evaluation, not its own flags.
+    windows = results.get("eval_windows", args.eval_windows)
+    seq_len = results.get("eval_seq_len", args.eval_seq_len)
     text = "\n".join(
         [
             "# Quality at an equal budget: OneBit vs BinaryMoS vs ternary on SmolLM2-135M-Instruct",
@@ -345,15 +348,15 @@ def write_report(results: dict, args: argparse.Namespace, argv: list[str]) -> Pa
             *budgets,
             f"- training text: State of the Union addresses before 2000 (the most recent {tokens:,} tokens); "
             "calibration text: the addresses just before that stretch",
-            f"- evaluation: perplexity (GPTQ protocol) on the addresses from 2000 on, first {args.eval_windows} windows of "
-            f"{args.eval_seq_len} tokens (curve points: the first {results.get('curve_windows', args.curve_windows)})",
+            f"- evaluation: perplexity (GPTQ protocol) on the addresses from 2000 on, first {windows} windows of "
+            f"{seq_len} tokens (curve points: the first {results.get('curve_windows', args.curve_windows)})",
             "- checkpoint: packed safetensors with float parts in bfloat16 (float model: float16)",
             "",
             table(results),
             "",
             "Gap closed vs OneBit: `(ppl_onebit - ppl_method) / (ppl_onebit - ppl_float)` with OneBit of the same "
             "recipe; positive is better than OneBit. Scale spread: per output channel, the standard deviation over "
-            f"{args.eval_seq_len} held-out tokens of BinaryMoS's output scales relative to their mean, median over "
+            f"{seq_len} held-out tokens of BinaryMoS's output scales relative to their mean, median over "
             "every layer and channel (OneBit's scales are fixed: 0). Distillation seconds leave the curve "
             "evaluations out.",
             "",
@@ -536,7 +539,13 @@ def main(argv: list[str] | None = None) -> int:
         argv = results.get("argv", argv)
     else:
         results, model = run(args)
-        results.update(argv=argv, date=datetime.date.today().isoformat(), curve_windows=args.curve_windows)
+        results.update(
+            argv=argv,
+            date=datetime.date.today().isoformat(),
+            curve_windows=args.curve_windows,
+            eval_windows=args.eval_windows,
+            eval_seq_len=args.eval_seq_len,
+        )
     report = write_report(results, args, argv)
     if any(run["method"] == "binarymos" for run in results["runs"]):
         print(f"model card: {write_card(results, args, model)}")
