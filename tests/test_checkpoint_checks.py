@@ -20,6 +20,8 @@ from optimum_binarymos.quantizer import SvidInitialize
 from optimum_binarymos.ternary_config import TernaryConfig
 from optimum_binarymos.ternary_quantizer import TernaryInitialize
 
+pytestmark = pytest.mark.reliability
+
 BINARY_KEY = "binarymos_format_version"
 TERNARY_KEY = "ternary_format_version"
 

@@ -112,6 +112,7 @@ def test_onebit_card_says_so_and_omits_empty_sections(float_checkpoint):
     assert "base_model" not in front_matter(card)  # converted from a local folder: origin unknown
 
 
+@pytest.mark.reliability
 def test_save_pretrained_writes_the_card_but_keeps_a_hand_written_one(binary_model, tmp_path):
     binary_model.save_pretrained(tmp_path)
     assert CARD_MARKER in (tmp_path / "README.md").read_text()
@@ -371,6 +372,7 @@ def test_save_pretrained_with_push_and_a_push_to_a_branch_upload_the_card(hub, p
     assert CARD_MARKER in hub.files(REPO, "dev")["README.md"].decode()
 
 
+@pytest.mark.reliability
 def test_push_stops_and_keeps_the_card_when_the_hub_cannot_say_whether_one_exists(hub, pushed):
     assert "could not read the README.md" in pushed["flaky_error"]
     assert hub.files("user/flaky")["README.md"] == b"# Mine too\n"
@@ -451,6 +453,7 @@ def test_the_readable_copy_of_the_card_template_is_current():
     )
 
 
+@pytest.mark.reliability
 def test_card_text_from_a_config_file_stays_inert():
     hostile = "mlp`|\n# Injected <img src=x onerror=alert(1)>"
     model = convert_model(

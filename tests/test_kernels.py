@@ -348,6 +348,7 @@ def test_native_build_reuses_the_cache_and_reports_a_missing_compiler(tmp_path, 
         build_library(cache_dir=tmp_path / "empty")
 
 
+@pytest.mark.reliability
 @pytest.mark.parametrize("damage", ["truncated", "garbage", "no digest", "other library"])
 def test_a_damaged_cached_library_is_rebuilt_not_loaded(tmp_path, damage):
     library = build_library(cache_dir=tmp_path)

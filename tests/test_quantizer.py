@@ -288,6 +288,7 @@ def test_one_module_name_given_as_a_string_is_one_name(config_class):
         assert type(block.self_attn.q_proj) is not torch.nn.Linear
 
 
+@pytest.mark.reliability
 def test_packed_checkpoint_loads_frozen_and_runs_packed_kernels_with_grad_enabled(tmp_path, tokens, monkeypatch):
     import optimum_binarymos.kernels as kernels
 
