@@ -46,7 +46,7 @@ from torch import nn
 
 from optimum_binarymos import BinaryMoSConfig, BinaryMoSLinear, TernaryConfig, convert_model, pack_model
 from optimum_binarymos.distill import DistillationObjective, binarymos_trainable_parameters
-from optimum_binarymos.integrations.peft import lora_target_modules
+from optimum_binarymos.integrations.peft import lora_target_modules, register_lora_layers
 from optimum_binarymos.packing import sign_with_ties
 from optimum_binarymos.recompute import keep_quantized_weights
 
@@ -91,7 +91,7 @@ def students(teacher: nn.Module) -> dict[str, nn.Module]:
         binarymos_trainable_parameters(student)
         built[name] = student
     packed = pack_model(copy.deepcopy(built["BinaryMoS (4 experts)"])).requires_grad_(False)
-    lora = LoraConfig(r=16, lora_alpha=32, target_modules=lora_target_modules(packed))
+    lora = register_lora_layers(LoraConfig(r=16, lora_alpha=32, target_modules=lora_target_modules(packed)))
     built["LoRA r=16 over packed BinaryMoS"] = get_peft_model(packed, lora).train()
     return built
 

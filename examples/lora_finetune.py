@@ -27,7 +27,8 @@ then train an adapter on local text files (quote the globs; the State of the Uni
 Every ``transformers.TrainingArguments`` flag works too (``--gradient_checkpointing``, ``--bf16``, ...); see
 ``--help``. On a CPU without native bfloat16, ``--dtype float32`` trains several times faster.
 
-Use the adapter with ``PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(model), output_dir)``.
+Use the adapter with ``load_lora_adapter(AutoModelForCausalLM.from_pretrained(model), output_dir)``
+(``optimum_binarymos.integrations.peft``).
 Adapters on BinaryMoS layers cannot be merged into the 1-bit weights: keep them separate.
 """
 
@@ -41,7 +42,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from peft import LoraConfig, get_peft_model
+from peft import get_peft_model
 from transformers import (
     AutoModelForCausalLM,
     AutoTokenizer,
@@ -53,7 +54,7 @@ from transformers import (
 )
 
 import optimum_binarymos  # noqa: F401  registers "binarymos" with transformers and BinaryMoS layers with peft
-from optimum_binarymos.integrations.peft import lora_target_modules
+from optimum_binarymos.integrations.peft import lora_config, lora_target_modules
 
 
 @dataclass
@@ -123,12 +124,12 @@ def run(args: LoraFinetuneArguments, training_args: TrainingArguments) -> dict[s
     dtype = args.dtype if args.dtype == "auto" else getattr(torch, args.dtype)
     model = AutoModelForCausalLM.from_pretrained(args.model, dtype=dtype)
 
-    config = LoraConfig(
+    config = lora_config(  # a LoraConfig that knows the quantized layers
+        model,
         r=args.lora_r,
         lora_alpha=args.lora_alpha,
         lora_dropout=args.lora_dropout,
         target_modules=args.target_modules or lora_target_modules(model),
-        task_type="CAUSAL_LM",
     )
     model = get_peft_model(model, config)  # freezes the BinaryMoS model; adapters in float32
     model.print_trainable_parameters()

@@ -28,7 +28,6 @@ from hub_server import FakeHub
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
 
-import _optimum_binarymos_autoload
 from optimum_binarymos import BinaryMoSConfig, convert_model
 from optimum_binarymos.footprint import model_footprint
 from optimum_binarymos.hub import (
@@ -167,17 +166,10 @@ def test_a_float_model_has_no_binarymos_card():
         render_model_card(make_float_model("llama"))
 
 
-def test_the_startup_hook_knows_every_method_the_package_registers():
-    from transformers.quantizers.auto import AUTO_QUANTIZER_MAPPING
-
-    registered = {
-        name
-        for name, cls in AUTO_QUANTIZER_MAPPING.items()
-        if cls.__module__.startswith("optimum_binarymos.")
-    }
-    assert registered == set(_optimum_binarymos_autoload.QUANT_METHODS), (
-        "add every quant_method the package registers to QUANT_METHODS in src/_optimum_binarymos_autoload.py"
-    )
+def test_no_start_up_hook_is_installed():
+    site_packages = Path(sysconfig.get_paths()["purelib"])
+    hooks = [path.name for path in site_packages.glob("*.pth") if "binarymos" in path.read_text(errors="replace")]
+    assert hooks == [], "the package must not run code at interpreter start-up"
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -411,36 +403,24 @@ NO_IMPORT = """
 
 @pytest.fixture(scope="module")
 def no_import(hub, pushed):
-    """Load the pushed repo in two fresh processes that never import optimum_binarymos, run side by side: one
-    as installed (the start-up hook active), one with OPTIMUM_BINARYMOS_AUTOLOAD=0, which leaves transformers
-    exactly as if the package were not installed."""
+    """Load the pushed repo in a fresh process that never imports optimum_binarymos (though it is installed)."""
     work = pushed["work"]
-    args = (str(work / "expected.pt"), REPO)
-    running = {
-        "installed": start_python(NO_IMPORT, hub_env(hub, work / "home-installed"), *args),
-        "disabled": start_python(
-            NO_IMPORT, hub_env(hub, work / "home-disabled", OPTIMUM_BINARYMOS_AUTOLOAD="0"), *args
-        ),
-    }
-    results = {name: finish(process) for name, process in running.items()}
-    return {name: (last_json(result), result.stderr) for name, result in results.items()}
+    result = finish(start_python(NO_IMPORT, hub_env(hub, work / "home-no-import"), str(work / "expected.pt"), REPO))
+    return last_json(result), result.stderr
 
 
-def test_without_import_the_installed_hook_loads_the_checkpoint_correctly(no_import):
-    pth = Path(sysconfig.get_paths()["purelib"], "optimum_binarymos_autoload.pth")
-    assert pth.is_file(), (
-        f"{pth} is missing: install the package (pip install -e .) so that its hook is installed"
-    )
-    outcome, stderr = no_import["installed"]
-    expected = {"imported_before": False, "layer": "PackedBinaryMoSLinear", "equal": True}
-    assert outcome == expected, stderr[-3000:]
-
-
-def test_without_the_package_loading_fails_loudly(no_import):
-    outcome, stderr = no_import["disabled"]
+def test_without_the_import_loading_fails_loudly(no_import):
+    outcome, stderr = no_import
     assert outcome["error"] == "RuntimeError" and not outcome["imported_after"]
     assert "Unknown quantization type, got binarymos" in stderr
     assert "MISMATCH" in stderr and "mlp.down_proj.weight" in stderr
+
+
+def test_the_checkpoint_says_which_line_loads_it(hub, pushed):
+    config = json.loads(hub.files(REPO)["config.json"])
+    assert config["quantization_config"]["loading"].startswith("import optimum_binarymos before from_pretrained")
+    card = hub.files(REPO)["README.md"].decode()
+    assert "import optimum_binarymos" in card.split("from_pretrained")[0]
 
 
 def test_the_readable_copy_of_the_card_template_is_current():

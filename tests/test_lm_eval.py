@@ -116,6 +116,8 @@ def test_zero_shot_on_local_task_with_packed_model(local_task, tmp_path):
 def test_zero_shot_on_model_object_matches_folder_and_a_hand_count_and_takes_adapter(local_task, tmp_path):
     from peft import LoraConfig, get_peft_model
 
+    from optimum_binarymos.integrations.peft import register_lora_layers
+
     model = pack_model(convert_model(make_float_model("llama"), BinaryMoSConfig(num_experts=2)))
     tokenizer = tiny_tokenizer()
     run = {
@@ -132,10 +134,12 @@ def test_zero_shot_on_model_object_matches_folder_and_a_hand_count_and_takes_ada
     recorded = record_evaluation(model, plain.card_metrics())  # what the model card shows
     assert recorded["tiny_capitals_acc"] == recorded["zero_shot_average"] == plain.accuracies["tiny_capitals"]
 
-    # An adapter folder on top of the same model: the helper applies it with PeftModel.from_pretrained.
+    # An adapter folder on top of the same model: the helper applies it with load_lora_adapter.
     targets = ["q_proj", "v_proj", "o_proj", "down_proj"]
     torch.manual_seed(1)
-    adapted = get_peft_model(model, LoraConfig(r=2, target_modules=targets, init_lora_weights=False))
+    adapted = get_peft_model(
+        model, register_lora_layers(LoraConfig(r=2, target_modules=targets, init_lora_weights=False))
+    )
     with torch.no_grad():  # an adapter strong enough to change the answers, so that ignoring it shows
         for name, param in adapted.named_parameters():
             if "lora_B" in name:
@@ -146,3 +150,26 @@ def test_zero_shot_on_model_object_matches_folder_and_a_hand_count_and_takes_ada
     base = adapted.unload()
     with_adapter = evaluate_zero_shot(base, tokenizer=tokenizer, adapter=tmp_path / "adapter", **run)
     assert with_adapter.accuracies == {"tiny_capitals": adapted_accuracy}
+
+
+def test_the_lm_eval_entry_point_loads_a_packed_checkpoint(local_task, tmp_path):
+    """``lm-eval-binarymos`` is lm-eval's own command line in a process that imports optimum_binarymos first:
+    without it, ``--model hf`` cannot load a packed folder; with it, the score equals the in-process one."""
+    import subprocess
+    import sys
+
+    model = pack_model(convert_model(make_float_model("llama"), BinaryMoSConfig(num_experts=2)))
+    folder = tmp_path / "packed"
+    model.save_pretrained(folder)
+    tiny_tokenizer().save_pretrained(folder)
+    output = tmp_path / "cli-results"
+    command = [
+        sys.executable, "-m", "optimum_binarymos.integrations.lm_eval", "run", "--model", "hf",
+        "--model_args", f"pretrained={folder}", "--tasks", "tiny_capitals", "--include_path", str(local_task),
+        "--device", "cpu", "--batch_size", "4", "--output_path", str(output),
+    ]  # fmt: skip
+    finished = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert finished.returncode == 0, finished.stderr[-3000:]
+    (written,) = output.rglob("results*.json")
+    score = json.loads(written.read_text())["results"]["tiny_capitals"]["acc,none"]
+    assert score == accuracy_written_out(model, tiny_tokenizer())

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import subprocess
 import sys
 import textwrap
@@ -14,7 +13,7 @@ from conftest import make_float_model
 from peft import LoraConfig, PeftModel, get_peft_model
 from transformers import AutoModelForCausalLM
 
-from optimum_binarymos import (  # importing the package registers BinaryMoS layers with peft
+from optimum_binarymos import (
     BinaryMoSConfig,
     PackedBinaryMoSLinear,
     PackedTernaryLinear,
@@ -22,7 +21,12 @@ from optimum_binarymos import (  # importing the package registers BinaryMoS lay
     convert_model,
     pack_model,
 )
-from optimum_binarymos.integrations.peft import BinaryMoSLoraLinear, lora_target_modules
+from optimum_binarymos.integrations.peft import (
+    BinaryMoSLoraLinear,
+    load_lora_adapter,
+    lora_target_modules,
+    register_lora_layers,
+)
 
 LLAMA_TARGETS = ["down_proj", "gate_proj", "k_proj", "o_proj", "q_proj", "up_proj", "v_proj"]
 
@@ -40,7 +44,7 @@ def packed_dir(tmp_path_factory) -> str:
 
 def lora_config(**overrides) -> LoraConfig:
     settings = {"r": 4, "lora_alpha": 8, "target_modules": LLAMA_TARGETS, "task_type": "CAUSAL_LM"}
-    return LoraConfig(**{**settings, **overrides})
+    return register_lora_layers(LoraConfig(**{**settings, **overrides}))
 
 
 def train_steps(model: torch.nn.Module, tokens: torch.Tensor, steps: int = 3) -> list[float]:
@@ -101,10 +105,9 @@ def test_adapter_saves_and_reloads_with_equal_outputs(packed_dir, tmp_path, toke
     saved = sorted(path.name for path in (tmp_path / "adapter").iterdir())
     assert saved == ["README.md", "adapter_config.json", "adapter_model.safetensors"]
 
-    # A fresh config is built from adapter_config.json, which carries no custom-module mapping.
-    reloaded = PeftModel.from_pretrained(
-        AutoModelForCausalLM.from_pretrained(packed_dir), tmp_path / "adapter"
-    )
+    # adapter_config.json carries no custom-module mapping: load_lora_adapter registers it on the loaded config.
+    reloaded = load_lora_adapter(AutoModelForCausalLM.from_pretrained(packed_dir), tmp_path / "adapter")
+    assert isinstance(reloaded, PeftModel)
     assert any(isinstance(module, BinaryMoSLoraLinear) for module in reloaded.modules())
     torch.testing.assert_close(logits(reloaded, tokens), expected, rtol=0, atol=1e-6)
     assert not any(param.requires_grad for param in reloaded.parameters())  # inference mode by default
@@ -121,7 +124,8 @@ def test_transformers_add_adapter_and_load_adapter(packed_dir, tmp_path, tokens)
     model.save_pretrained(tmp_path / "adapter")  # a model with an adapter saves the adapter only
 
     again = AutoModelForCausalLM.from_pretrained(packed_dir)
-    again.load_adapter(str(tmp_path / "adapter"))
+    saved_config = register_lora_layers(LoraConfig.from_pretrained(str(tmp_path / "adapter")))
+    again.load_adapter(str(tmp_path / "adapter"), peft_config=saved_config)
     torch.testing.assert_close(logits(again, tokens), expected, rtol=0, atol=1e-6)
 
 
@@ -131,7 +135,7 @@ def test_merging_into_packed_weights_is_refused(tokens):
     train_steps(model, tokens, steps=1)
     expected = logits(model, tokens)
     for merge in (model.merge_adapter, model.merge_and_unload):
-        with pytest.raises(ValueError, match=r"1-bit signs.*cannot be folded"):
+        with pytest.raises(ValueError, match=r"Embedding.*no layer of it merges"):
             merge()
     assert not any(getattr(module, "merged", False) for module in model.modules())  # nothing half-merged
     torch.testing.assert_close(logits(model, tokens), expected, rtol=0, atol=0)
@@ -197,32 +201,34 @@ def test_lora_target_modules_lists_binarized_layers():
         lora_target_modules(make_float_model("llama"))
 
 
-def test_register_peft_without_peft_is_a_logged_no_op(monkeypatch, caplog):
-    from optimum_binarymos.integrations import _PeftImportWatcher, register_peft
-
-    monkeypatch.setitem(sys.modules, "peft", None)  # what an environment without peft looks like
-    before = list(sys.meta_path)
-    with caplog.at_level(logging.DEBUG, logger="optimum_binarymos.integrations"):
-        register_peft()
-    assert "peft is not installed" in caplog.text
-    assert sys.meta_path == before and not any(isinstance(f, _PeftImportWatcher) for f in sys.meta_path)
+def test_a_plain_lora_config_does_not_know_quantized_layers():
+    """No hook changes peft behind the user's back: only a registered config wraps quantized layers."""
+    with pytest.raises(ValueError, match="not supported"):
+        get_peft_model(packed_model(), LoraConfig(r=4, target_modules=LLAMA_TARGETS))
 
 
-def test_import_registers_lora_support_lazily_in_a_fresh_interpreter():
-    # `import optimum_binarymos` must not import peft (seconds of start-up), yet peft must know BinaryMoS
-    # layers as soon as it is imported, with no call by the user. In this process the test module itself
-    # imported optimum_binarymos.integrations.peft, so only a fresh interpreter can tell.
+def test_registering_keeps_the_users_own_mapping():
+    class MyLora(torch.nn.Module):
+        pass
+
+    config = LoraConfig(r=4, target_modules=LLAMA_TARGETS)
+    config._register_custom_module({PackedBinaryMoSLinear: MyLora})
+    assert register_lora_layers(register_lora_layers(config)) is config
+    assert config._custom_modules[PackedBinaryMoSLinear] is MyLora
+    assert config._custom_modules[PackedTernaryLinear] is BinaryMoSLoraLinear
+    with pytest.raises(TypeError, match="takes the LoraConfig"):
+        register_lora_layers()
+
+
+def test_importing_the_package_does_not_import_or_patch_peft():
     script = textwrap.dedent(
         """
         import sys
         import optimum_binarymos
         assert "peft" not in sys.modules, "peft was imported eagerly"
-        import importlib.util
-        assert importlib.util.find_spec("peft") is not None  # a bare look-up must not consume the hook
         from peft.tuners.lora import LoraModel
-        assert getattr(LoraModel._create_new_module, "_optimum_binarymos_dispatch", False), (
-            "peft does not know BinaryMoS layers: optimum_binarymos/__init__.py must call register_peft()"
-        )
+        assert LoraModel._check_merge_allowed.__module__ == "peft.tuners.lora.model"
+        assert LoraModel._create_new_module.__module__ == "peft.tuners.lora.model"
         """
     )
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)

@@ -7,9 +7,11 @@ import logging
 from importlib.metadata import requires
 
 from packaging.requirements import Requirement
+from peft import LoraConfig
 from transformers.integrations import peft as transformers_peft
 
-from optimum_binarymos.integrations import _install_lora_support, _installed_version, adapter_version_conflict
+from optimum_binarymos.integrations import _installed_version, adapter_version_conflict
+from optimum_binarymos.integrations.peft import register_lora_layers
 
 
 def test_metadata_excludes_transformers_whose_adapters_need_an_unreleased_peft():
@@ -32,11 +34,11 @@ def test_the_locked_environment_has_no_conflict():
     assert adapter_version_conflict() is None
 
 
-def test_a_forced_conflict_is_explained_when_lora_support_is_installed(monkeypatch, caplog):
+def test_a_forced_conflict_is_explained_when_a_lora_config_is_registered(monkeypatch, caplog):
     # Fakes transformers' declared floor above the installed peft, as transformers 5.24 + peft 0.21.2 are.
     peft_version = _installed_version("peft")
     monkeypatch.setattr(transformers_peft, "MIN_PEFT_VERSION", "99.0.0")
     with caplog.at_level(logging.WARNING, logger="optimum_binarymos.integrations"):
-        _install_lora_support()
+        register_lora_layers(LoraConfig(r=2))
     (record,) = [r for r in caplog.records if "needs peft >= 99.0.0" in r.getMessage()]
     assert f"peft {peft_version} is installed" in record.getMessage()

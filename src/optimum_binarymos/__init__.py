@@ -10,7 +10,7 @@ from .config import BinaryMoSConfig
 from .convert import convert_model, modules_to_convert, pack_model
 from .footprint import Footprint, estimate_footprint, model_footprint
 from .hub import record_base_model, record_evaluation, render_model_card
-from .integrations import register_peft
+from .integrations import register_peft  # noqa: F401  deprecated, kept importable for one release
 from .nn import BinaryMoSLinear, PackedBinaryMoSLinear, PackedTernaryLinear, TernaryLinear
 from .packing import (
     FORMAT_VERSION,
@@ -25,9 +25,6 @@ from .ternary_config import TernaryConfig
 from .ternary_quantizer import TernaryHfQuantizer
 
 __version__ = "0.1.0"
-
-# LoRA on BinaryMoS/ternary layers once peft is imported; peft itself is not imported here.
-register_peft()
 
 # The distillation classes pull in transformers.Trainer: imported on first use only.
 _LAZY = {"DistillationConfig": "optimum_binarymos.distill", "DistillationTrainer": "optimum_binarymos.distill"}

@@ -18,6 +18,12 @@ QUANT_METHOD = "binarymos"
 #: What a saved checkpoint can hold: 1-bit packed layers, or latent float weights (to resume training).
 CHECKPOINT_FORMS = ("packed", "latent")
 
+#: Written into every saved quantization config: transformers' own error for a checkpoint whose method it does not
+#: know lists mismatched shapes only, so the file itself says what to add.
+LOADING_HINT = "import optimum_binarymos before from_pretrained (pip install optimum-binarymos)"
+#: Keys that a saved quantization config holds but ``__init__`` does not take.
+SAVED_ONLY_KEYS = ("quant_method", "loading")
+
 # Fields that feed the data-aware initialization at conversion and are never written to config.json.
 _CALIBRATION_INPUTS = ("dataset", "tokenizer")
 
@@ -67,9 +73,9 @@ def check_calibration_tokens(calibration_tokens: Any) -> None:
 def config_dict_without_calibration(config: QuantizationConfigMixin) -> dict[str, Any]:
     """``config.__dict__`` deep-copied without the calibration inputs: they shape the initialization only, a
     checkpoint does not need them, and a tokenizer or a dataset is not JSON."""
-    return copy.deepcopy(
-        {key: value for key, value in config.__dict__.items() if key not in _CALIBRATION_INPUTS}
-    )
+    saved = copy.deepcopy({key: value for key, value in config.__dict__.items() if key not in _CALIBRATION_INPUTS})
+    saved["loading"] = LOADING_HINT
+    return saved
 
 
 def check_checkpoint_form(checkpoint_form: Any) -> None:
@@ -137,7 +143,8 @@ class BinaryMoSConfig(QuantizationConfigMixin):
         self.tokenizer = tokenizer
         self.calibration_tokens = calibration_tokens
         # Reloading passes back every saved key; drop the ones transformers adds itself.
-        kwargs.pop("quant_method", None)
+        for key in SAVED_ONLY_KEYS:
+            kwargs.pop(key, None)
         if kwargs:
             unknown = ", ".join(sorted(kwargs))
             raise ValueError(

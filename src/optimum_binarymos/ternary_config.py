@@ -11,6 +11,7 @@ from transformers.utils.quantization_config import QuantizationConfigMixin
 from .calibration import DEFAULT_CALIBRATION_TOKENS
 from .config import CHECKPOINT_FORMS as CHECKPOINT_FORMS  # re-exported: both methods share the forms
 from .config import (
+    SAVED_ONLY_KEYS,
     check_calibration_tokens,
     check_checkpoint_form,
     config_dict_without_calibration,
@@ -107,7 +108,8 @@ class TernaryConfig(QuantizationConfigMixin):
         self.tokenizer = tokenizer
         self.calibration_tokens = calibration_tokens
         # Reloading passes back every saved key; drop the one transformers adds itself.
-        kwargs.pop("quant_method", None)
+        for key in SAVED_ONLY_KEYS:
+            kwargs.pop(key, None)
         if kwargs:
             raise ValueError(
                 f"TernaryConfig got unknown arguments: {', '.join(sorted(kwargs))}. Known: {', '.join(_FIELDS)}."

@@ -139,7 +139,7 @@ def evaluate_zero_shot(
             packed), or a model object (a ``PreTrainedModel`` or a peft ``PeftModel``), used as is.
         tasks: lm-eval task or group names, as a sequence or a comma-separated string.
         tokenizer: a tokenizer object or a folder/Hub id; default: the model's own folder.
-        adapter: a LoRA adapter folder to apply on top (``PeftModel.from_pretrained``, which injects the
+        adapter: a LoRA adapter folder to apply on top (:func:`~optimum_binarymos.integrations.peft.load_lora_adapter`, which injects the
             adapter into a model object in place).
         batch_size: requests per forward, or ``"auto"``.
         device: ``"cuda"``, ``"cpu"``, ...; default: CUDA when available. A model object is moved only when
@@ -220,11 +220,9 @@ def _load(model_or_path, tokenizer, adapter, device: str | None, dtype: str):
     if device is not None:
         model = model.to(device)
     if adapter is not None:
-        from peft import PeftModel
+        from .peft import load_lora_adapter
 
-        from . import peft as _lora_on_binarymos  # noqa: F401  makes sure peft wraps BinaryMoS layers
-
-        model = PeftModel.from_pretrained(model, os.fspath(adapter))
+        model = load_lora_adapter(model, adapter)
     if tokenizer is None or isinstance(tokenizer, (str, os.PathLike)):
         tokenizer_source = os.fspath(tokenizer) if tokenizer is not None else source
         if not tokenizer_source:
@@ -258,3 +256,25 @@ def _reported_metric(task: str, values: dict[str, Any]) -> tuple[str | None, str
             if key.split(",", 1)[0] == metric and isinstance(value, (int, float)):
                 return metric, key
     return None, None
+
+
+def main() -> None:
+    """``lm-eval-binarymos``: lm-eval's own command line, with BinaryMoS and ternary checkpoints loadable.
+
+    lm-eval loads ``--model hf`` checkpoints with ``AutoModelForCausalLM.from_pretrained`` and imports no plugin;
+    this entry point imports ``optimum_binarymos`` (which registers its quantization methods with transformers)
+    and then hands the arguments to lm-eval unchanged::
+
+        lm-eval-binarymos run --model hf --model_args pretrained=user/model-binarymos --tasks piqa
+    """
+    import optimum_binarymos  # noqa: F401  registers the quantization methods before lm-eval loads the model
+
+    try:
+        from lm_eval.__main__ import cli_evaluate
+    except ImportError as error:
+        raise SystemExit(f"lm-eval-binarymos needs lm-eval-harness: pip install lm-eval ({error})") from error
+    cli_evaluate()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,35 +1,37 @@
 """LoRA on BinaryMoS (and ternary) layers with plain peft: QLoRA-style fine-tuning of a 1-bit model.
 
-Once :func:`register_lora_layers` has run (``import optimum_binarymos`` arranges it), peft's LoRA wraps every
-layer listed in :data:`SUPPORTED_BASE_LAYERS` in :class:`BinaryMoSLoraLinear`::
+peft's LoRA knows ``nn.Linear`` and friends, not quantized layers. Its documented way to add a layer type is the
+custom-module mapping of a ``LoraConfig``; :func:`register_lora_layers` fills it so that every layer listed in
+:data:`SUPPORTED_BASE_LAYERS` is wrapped in :class:`BinaryMoSLoraLinear`::
 
     y = base(x) + lora_B(lora_A(dropout(x))) * scaling        # base frozen: packed bits, scales, router
 
-so the usual calls work unchanged on packed (and latent) BinaryMoS models::
+The mapping lives on the config and is not saved in ``adapter_config.json``, so every config passes through
+:func:`register_lora_layers` (or is built by :func:`lora_config`), and :func:`load_lora_adapter` reloads an adapter
+folder that way::
 
-    from peft import LoraConfig, PeftModel, get_peft_model
+    from peft import get_peft_model
 
-    model = get_peft_model(model, LoraConfig(target_modules=lora_target_modules(model)))
-    model.save_pretrained("adapter")                           # LoRA weights only
-    model = PeftModel.from_pretrained(base_model, "adapter")   # also model.add_adapter(...) / load_adapter(...)
+    model = get_peft_model(model, lora_config(model, r=16, lora_alpha=32))  # targets every quantized layer
+    model.save_pretrained("adapter")                                         # LoRA weights only
+    tuned = load_lora_adapter(base_model, "adapter")                         # a PeftModel
 
-Why the registration wraps peft's dispatch instead of registering with each ``LoraConfig``: peft's per-config custom-module
-mapping (``LoraConfig._register_custom_module``) is not saved in ``adapter_config.json`` and is absent from any
-config built before this package was imported; choosing the LoRA layer by the type of the wrapped module, at the
-moment peft builds it, covers every config however it was made.
-
-Merging is refused: these layers keep only quantized weight values (1-bit signs, or ternary trits) under their
-scales, so a float low-rank update cannot be folded into them. Run the adapter unmerged.
+Merging is refused: these layers keep only quantized weight values (1-bit signs, or trits) under their scales, so a
+float low-rank update cannot be folded into them. Adapters of such a config on float layers (``embed_tokens``,
+``lm_head``) refuse too, so that a refused merge never leaves a half-merged model. Run the adapter unmerged.
 """
 
 from __future__ import annotations
 
-import functools
 import logging
+import os
+from typing import Any
 
-from peft.tuners.lora import LoraConfig, LoraModel
+from peft import PeftModel
+from peft.tuners.lora import LoraConfig
+from peft.tuners.lora.layer import Embedding as LoraEmbedding
 from peft.tuners.lora.layer import Linear as LoraLinear
-from peft.tuners.tuners_utils import BaseTunerLayer, check_adapters_to_merge
+from peft.tuners.tuners_utils import check_adapters_to_merge
 from torch import nn
 
 from ..nn.binarymos import BinaryMoSLinear, PackedBinaryMoSLinear
@@ -40,6 +42,8 @@ logger = logging.getLogger(__name__)
 __all__ = [
     "SUPPORTED_BASE_LAYERS",
     "BinaryMoSLoraLinear",
+    "load_lora_adapter",
+    "lora_config",
     "lora_target_modules",
     "register_lora_layers",
 ]
@@ -56,9 +60,6 @@ SUPPORTED_BASE_LAYERS: tuple[type[nn.Module], ...] = (
 
 #: ``init_lora_weights`` values that do not read the base layer's dense float weight (which these layers lack).
 SUPPORTED_INITS = (True, False, "gaussian")
-
-# Marks the peft methods wrapped here, so that registering twice wraps once.
-_WRAPPED_MARK = "_optimum_binarymos_dispatch"
 
 
 class BinaryMoSLoraLinear(LoraLinear):
@@ -113,13 +114,21 @@ class BinaryMoSLoraLinear(LoraLinear):
 
 def merge_refusal(base_layer: nn.Module, adapter_names: list[str]) -> str:
     """The message explaining why LoRA adapters cannot be merged into ``base_layer``."""
+    why = (
+        "the layer stores only quantized weight values (1-bit signs for BinaryMoS, whose scales change with every "
+        "token; trits for ternary) and a float low-rank update B @ A cannot be folded into them (re-quantizing "
+        "W + B @ A would throw most of the adapter away)"
+    )
+    if not isinstance(base_layer, SUPPORTED_BASE_LAYERS):
+        why = (
+            "the adapter belongs to a BinaryMoS or ternary model, whose quantized layers cannot absorb a float "
+            "low-rank update, so no layer of it merges (a partial merge would leave a model that counts some "
+            "updates twice)"
+        )
     return (
-        f"Cannot merge LoRA adapter(s) {adapter_names} into {type(base_layer).__name__}: the layer stores only "
-        "quantized weight values (1-bit signs for BinaryMoS, whose scales change with every token; trits for "
-        "ternary) and a float low-rank update B @ A cannot be folded into them (re-quantizing W + B @ A would "
-        "throw most of the adapter away). "
-        "Keep the adapter unmerged: the PeftModel runs as it is, saves the adapter with save_pretrained(), and "
-        "unload() returns the base model without it."
+        f"Cannot merge LoRA adapter(s) {adapter_names} into {type(base_layer).__name__}: {why}. Keep the adapter "
+        "unmerged: the PeftModel runs as it is, saves the adapter with save_pretrained(), and unload() returns the "
+        "base model without it."
     )
 
 
@@ -142,62 +151,84 @@ def lora_target_modules(model: nn.Module) -> list[str]:
     return sorted(names)
 
 
-def create_lora_module(
-    target: nn.Module, adapter_name: str, config: LoraConfig, **kwargs
-) -> nn.Module | None:
-    """peft-style dispatch function: a :class:`BinaryMoSLoraLinear` when ``target`` (or the layer it wraps) is a
-    supported BinaryMoS layer, else ``None`` (peft's own dispatchers decide)."""
-    base = target.get_base_layer() if isinstance(target, BaseTunerLayer) else target
-    if not isinstance(base, SUPPORTED_BASE_LAYERS):
-        return None
-    custom = config._custom_modules or {}
-    if any(isinstance(base, layer_type) for layer_type in custom):
-        return None  # the user registered their own LoRA layer for this type: peft's dispatch honours it
-    return BinaryMoSLoraLinear(target, adapter_name, config=config, **kwargs)
+class MergeRefusingLoraLinear(LoraLinear):
+    """peft's LoRA linear on a float ``nn.Linear`` of a quantized model: everything as peft's, but merging raises,
+    so that merging the model's adapters fails before anything is folded in."""
+
+    def merge(self, safe_merge: bool = False, adapter_names: list[str] | None = None) -> None:
+        adapter_names = check_adapters_to_merge(self, adapter_names)
+        if adapter_names:
+            raise ValueError(merge_refusal(self.get_base_layer(), adapter_names))
 
 
-def register_lora_layers() -> None:
-    """Make peft's LoRA wrap BinaryMoS layers in :class:`BinaryMoSLoraLinear`, for every ``LoraConfig``.
+class MergeRefusingLoraEmbedding(LoraEmbedding):
+    """peft's LoRA embedding on a quantized model's float embedding; merging raises (see
+    :class:`MergeRefusingLoraLinear`)."""
 
-    Wraps two ``LoraModel`` methods, once (calling this again does nothing):
+    def merge(self, safe_merge: bool = False, adapter_names: list[str] | None = None) -> None:
+        adapter_names = check_adapters_to_merge(self, adapter_names)
+        if adapter_names:
+            raise ValueError(merge_refusal(self.get_base_layer(), adapter_names))
 
-    * ``_create_new_module``, peft's dispatch from a target module to its LoRA layer, so that
-      :func:`create_lora_module` is asked first;
-    * ``_check_merge_allowed``, which ``merge_and_unload()`` and ``merge_adapter()`` run before touching any
-      layer, so that a model holding BinaryMoS LoRA layers refuses as a whole instead of half-merging the
-      float layers (an adapted ``embed_tokens``, say) that come before the first BinaryMoS one.
 
-    Normally run for you: ``import optimum_binarymos`` calls :func:`optimum_binarymos.integrations.register_peft`,
-    which imports this module once peft is imported.
+#: The custom-module mapping :func:`register_lora_layers` gives a ``LoraConfig``. More specific types first: peft
+#: takes the first entry the target is an instance of.
+LORA_LAYERS: dict[type[nn.Module], type[nn.Module]] = {
+    **dict.fromkeys(SUPPORTED_BASE_LAYERS, BinaryMoSLoraLinear),
+    nn.Embedding: MergeRefusingLoraEmbedding,
+    nn.Linear: MergeRefusingLoraLinear,
+}
+
+
+def register_lora_layers(config: LoraConfig | None = None) -> LoraConfig:
+    """Teach ``config`` (a peft ``LoraConfig``) to wrap BinaryMoS and ternary layers; returns ``config``.
+
+    Uses peft's custom-module mapping (``LoraConfig._register_custom_module``, peft's documented way to add layer
+    types). The mapping is not saved with the adapter: pass every config you build or load through this (or use
+    :func:`lora_config` and :func:`load_lora_adapter`). Types the user already mapped to their own LoRA layers keep
+    their mapping.
+
+    Example::
+
+        config = register_lora_layers(LoraConfig(r=8, target_modules=lora_target_modules(model)))
+        model.add_adapter(config)                       # or peft.get_peft_model(model, config)
     """
-    dispatch = LoraModel._create_new_module
-    if not getattr(dispatch, _WRAPPED_MARK, False):
-
-        @functools.wraps(dispatch)
-        def _create_new_module(lora_config, adapter_name, target, **kwargs):
-            new_module = create_lora_module(target, adapter_name, lora_config, **kwargs)
-            if new_module is not None:
-                return new_module
-            return dispatch(lora_config, adapter_name, target, **kwargs)
-
-        setattr(_create_new_module, _WRAPPED_MARK, True)
-        LoraModel._create_new_module = staticmethod(_create_new_module)
-
-    check_merge = LoraModel._check_merge_allowed
-    if not getattr(check_merge, _WRAPPED_MARK, False):
-
-        @functools.wraps(check_merge)
-        def _check_merge_allowed(self):
-            check_merge(self)
-            for module in self.model.modules():
-                if isinstance(module, BinaryMoSLoraLinear):
-                    raise ValueError(merge_refusal(module.get_base_layer(), list(module.active_adapters)))
-
-        setattr(_check_merge_allowed, _WRAPPED_MARK, True)
-        LoraModel._check_merge_allowed = _check_merge_allowed
-    logger.debug("peft LoRA now wraps %s", ", ".join(layer.__name__ for layer in SUPPORTED_BASE_LAYERS))
+    if config is None:
+        raise TypeError(
+            "register_lora_layers(config) takes the LoraConfig to extend: peft's own custom-module mapping is "
+            "kept per config. Build the config with optimum_binarymos.integrations.peft.lora_config(model, ...) "
+            "or pass it through register_lora_layers(LoraConfig(...))."
+        )
+    if not isinstance(config, LoraConfig):
+        raise TypeError(f"register_lora_layers takes a peft LoraConfig, got {type(config).__name__}")
+    _warn_on_version_conflict()
+    already = config._custom_modules or {}
+    config._register_custom_module({base: lora for base, lora in LORA_LAYERS.items() if base not in already})
+    return config
 
 
-# Importing this module is what enables LoRA on BinaryMoS layers (``import optimum_binarymos`` imports it as soon
-# as peft is imported); registering is idempotent.
-register_lora_layers()
+def lora_config(model: nn.Module, **kwargs: Any) -> LoraConfig:
+    """A ``LoraConfig(**kwargs)`` for ``model``, registered with :func:`register_lora_layers`; its
+    ``target_modules`` default to every quantized layer (:func:`lora_target_modules`) and ``task_type`` to
+    ``"CAUSAL_LM"``."""
+    kwargs.setdefault("target_modules", lora_target_modules(model))
+    kwargs.setdefault("task_type", "CAUSAL_LM")
+    return register_lora_layers(LoraConfig(**kwargs))
+
+
+def load_lora_adapter(
+    model: nn.Module, adapter: str | os.PathLike[str], is_trainable: bool = False, **kwargs: Any
+) -> PeftModel:
+    """``PeftModel.from_pretrained(model, adapter, ...)`` with the adapter's config passed through
+    :func:`register_lora_layers` (an ``adapter_config.json`` carries no custom-module mapping). ``kwargs`` go to
+    both ``LoraConfig.from_pretrained`` (Hub arguments such as ``revision``) and ``PeftModel.from_pretrained``."""
+    config = register_lora_layers(LoraConfig.from_pretrained(os.fspath(adapter), **kwargs))
+    return PeftModel.from_pretrained(model, os.fspath(adapter), is_trainable=is_trainable, config=config, **kwargs)
+
+
+def _warn_on_version_conflict() -> None:
+    from . import adapter_version_conflict
+
+    conflict = adapter_version_conflict()
+    if conflict is not None:
+        logger.warning(conflict)
