@@ -47,6 +47,7 @@ demo: venv
 
 lint: venv
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/lint-imports
 
 # Regenerate the lock after changing dependencies in pyproject.toml or requirements-cpu.in (and now and then
 # to take upstream fixes): resolves the newest versions the metadata allows, with every file's hash.

@@ -129,7 +129,6 @@ def fsdp2_run(output_dir: Path) -> dict:
 
     from optimum_binarymos.distill import DistillationObjective, binarymos_trainable_parameters
     from optimum_binarymos.distill.teacher import prepare_teacher
-    from optimum_binarymos.distill.trainer import _saving_state_dict
 
     rank = dist.get_rank()
     plugin = FullyShardedDataParallelPlugin(
@@ -165,7 +164,7 @@ def fsdp2_run(output_dir: Path) -> dict:
     state_dict = get_model_state_dict(
         student, options=StateDictOptions(full_state_dict=True, cpu_offload=True)
     )
-    with _saving_state_dict(student, state_dict):
+    with student.hf_quantizer.saving_state_dict(state_dict):  # what the trainer's _save does
         student.save_pretrained(output_dir / "packed", is_main_process=rank == 0)
     dist.barrier()
     with torch.no_grad():

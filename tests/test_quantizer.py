@@ -316,3 +316,26 @@ def test_packed_checkpoint_loads_frozen_and_runs_packed_kernels_with_grad_enable
     packed(tokens).logits.sum().backward()
     assert packed.model.layers[0].mlp.up_proj.scale_out.grad is not None
     assert len(kernel_calls) < layers
+
+
+@pytest.mark.parametrize(
+    "config", [BinaryMoSConfig(num_experts=2), TernaryConfig(group_size=16)], ids=["binarymos", "ternary"]
+)
+def test_saving_a_given_state_dict_packs_that_state_dict(config, tmp_path):
+    """What FSDP / ZeRO-3 trainers do: save a full state dict gathered from shards, not the model's own tensors.
+    The quantizer packs the given one, for every method (ternary trits come from its weight, scale and shift)."""
+    model = convert_model(make_float_model("llama"), config)
+    gathered = {name: tensor.clone() for name, tensor in model.state_dict().items()}
+    layer = "model.layers.0.mlp.down_proj"
+    gathered[f"{layer}.weight"] = -gathered[f"{layer}.weight"]  # differs from the model's own tensors
+    with model.hf_quantizer.saving_state_dict(gathered):
+        model.save_pretrained(tmp_path / "gathered")
+    with torch.no_grad():
+        model.get_submodule(layer).weight.neg_()
+    model.save_pretrained(tmp_path / "own")  # outside the block: the model's own (now equal) tensors
+    assert model.hf_quantizer.state_dict_to_save is None
+    written, expected = (load_file(tmp_path / name / "model.safetensors") for name in ("gathered", "own"))
+    assert written.keys() == expected.keys()
+    for name in expected:
+        assert torch.equal(written[name], expected[name]), name
+    assert written[f"{layer}.weight"].dtype == torch.uint8

@@ -27,10 +27,10 @@ import torch
 from torch import nn
 
 from .config import QUANT_METHOD, BinaryMoSConfig
-from .convert import QuantizationConfig, linear_dims, modules_to_convert
 from .nn.binarymos import BinaryMoSLinear, PackedBinaryMoSLinear
 from .nn.ternary import PackedTernaryLinear, TernaryLinear
 from .packing import CODE_PACKINGS, packed_columns, ternary_groups, ternary_packed_columns
+from .replacement import QuantizationConfig, linear_dims, modules_to_convert
 from .ternary_config import TERNARY_QUANT_METHOD, TernaryConfig
 
 #: Bytes per value of everything kept in float, in the reference accounting (float16).

@@ -355,6 +355,9 @@ class _CardWritingMethod:
         functools.update_wrapper(self, _REPLACEMENTS[name])
 
     def __call__(self, *args, **kwargs):
+        quantization = getattr(getattr(self.model, "config", None), "quantization_config", None)
+        if getattr(quantization, "quant_method", None) not in CARD_METHODS:  # dequantized since: a float model
+            return _unwrapped(self.model, self.name)(*args, **kwargs)
         return _REPLACEMENTS[self.name](self.model, *args, **kwargs)
 
 

@@ -33,11 +33,11 @@ from huggingface_hub.utils import validate_repo_id
 from torch import nn
 
 from .config import QUANT_METHOD, BinaryMoSConfig
-from .convert import QuantizationConfig
 from .footprint import Footprint, format_bytes, model_footprint
 from .nn.binarymos import BinaryMoSLinear, PackedBinaryMoSLinear
 from .nn.ternary import PackedTernaryLinear, TernaryLinear
 from .packing import TRITS_PER_BYTE
+from .replacement import QuantizationConfig
 from .ternary_config import TERNARY_QUANT_METHOD, TernaryConfig
 
 logger = logging.getLogger(__name__)

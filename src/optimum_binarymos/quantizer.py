@@ -25,17 +25,18 @@ from transformers.core_model_loading import ConversionOps
 from transformers.quantizers import HfQuantizer, register_quantizer
 
 from .config import QUANT_METHOD, BinaryMoSConfig, newer_format_message
-from .convert import (
+from .dequantization import dense_weight, float_layer
+from .hub import prepare_for_sharing
+from .nn.binarymos import BinaryMoSLinear, PackedBinaryMoSLinear
+from .nn.svid import svid_rank1
+from .packing import FORMAT_VERSION, PACKED_DTYPE, pack_signs
+from .replacement import (
     LATENT_LAYER_TYPES,
     PACKED_LAYER_TYPES,
     modules_to_convert,
     replace_modules,
     skeleton_layer,
 )
-from .hub import prepare_for_sharing
-from .nn.binarymos import BinaryMoSLinear, PackedBinaryMoSLinear
-from .nn.svid import svid_rank1
-from .packing import FORMAT_VERSION, PACKED_DTYPE, pack_signs
 
 logger = logging.getLogger(__name__)
 
@@ -125,6 +126,8 @@ class PackingHfQuantizer(HfQuantizer):
         self.converted_modules: list[str] = []
         # Whether the model's layers are packed (inference only) or latent (trainable).
         self.holds_packed_layers = False
+        # A full state dict to save instead of the model's own (see saving_state_dict).
+        self.state_dict_to_save: dict[str, torch.Tensor] | None = None
 
     @property
     def loads_packed(self) -> bool:
@@ -135,9 +138,29 @@ class PackingHfQuantizer(HfQuantizer):
         """An uninitialized latent or packed layer shaped like the float ``module``."""
         return skeleton_layer(module, self.quantization_config, packed, dtype)
 
+    def pack_state_dict(self, state: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
+        """``state`` (a full state dict of ``model``: its own, or one gathered from shards) with every latent
+        layer's tensors in their packed form. ``model`` only tells which names belong to which layer type."""
+        raise NotImplementedError
+
     def packed_state_dict(self, model: nn.Module) -> dict[str, torch.Tensor]:
         """``model.state_dict()`` with every latent layer's tensors in their packed form."""
-        raise NotImplementedError
+        return self.pack_state_dict(model.state_dict(), model)
+
+    @contextmanager
+    def saving_state_dict(self, state_dict: dict[str, torch.Tensor]) -> Iterator[None]:
+        """Inside this block ``save_pretrained`` writes ``state_dict`` (packed unless saving latent) instead of
+        the model's own.
+
+        For trainers that gather a full state dict from shards (FSDP, DeepSpeed ZeRO-3) and pass it to
+        ``save_pretrained``: transformers asks the quantizer for the tensors to write
+        (:meth:`get_state_dict_and_metadata`), which would otherwise read the model's sharded ones.
+        """
+        previous, self.state_dict_to_save = self.state_dict_to_save, state_dict
+        try:
+            yield
+        finally:
+            self.state_dict_to_save = previous
 
     def describe_config(self) -> str:
         """The config fields that decide packed shapes, for messages (``"num_experts=4"``)."""
@@ -151,7 +174,13 @@ class PackingHfQuantizer(HfQuantizer):
             )
 
     def _process_model_before_weight_loading(self, model, **kwargs) -> None:
-        self.converted_modules = modules_to_convert(model, self.quantization_config.modules_to_not_convert)
+        # The config's exclusions plus the modules the architecture keeps in float32 (transformers' convention).
+        kept = self.get_modules_to_not_convert(
+            model,
+            list(self.quantization_config.modules_to_not_convert or []),
+            getattr(model, "_keep_in_fp32_modules", None),
+        )
+        self.converted_modules = modules_to_convert(model, kept)
         self.holds_packed_layers = self.loads_packed
         dtype = kwargs.get("dtype")
         replace_modules(
@@ -212,11 +241,32 @@ class PackingHfQuantizer(HfQuantizer):
             report.seconds,
         )
 
+    def _dequantize(self, model: nn.Module, dtype=None) -> nn.Module:
+        """``model.dequantize()``: every quantized layer becomes the float layer computing the same function
+        (:func:`optimum_binarymos.dequantization.float_layer`); transformers then drops the quantization config.
+
+        Raises:
+            ValueError: for BinaryMoS with several experts (no single float weight), before anything changes.
+        """
+        names = [
+            name
+            for name, module in model.named_modules()
+            if isinstance(module, (self.latent_layer_type, self.packed_layer_type))
+        ]
+        if names:
+            dense_weight(model.get_submodule(names[0]))  # refuses a token-dependent weight up front
+        if isinstance(dtype, str):
+            dtype = getattr(torch, dtype)
+        replace_modules(model, names, lambda _name, layer: float_layer(layer, dtype))
+        self.converted_modules = []
+        return model
+
     def get_state_dict_and_metadata(self, model):
         metadata = {self.format_metadata_key: str(self.format_version)}
+        state = self.state_dict_to_save if self.state_dict_to_save is not None else model.state_dict()
         if self.quantization_config.checkpoint_form == "latent":
-            return model.state_dict(), metadata
-        return self.packed_state_dict(model), metadata
+            return state, metadata
+        return self.pack_state_dict(state, model), metadata
 
     def is_serializable(self, safe_serialization=None) -> bool:
         return True
@@ -245,20 +295,27 @@ class BinaryMoSHfQuantizer(PackingHfQuantizer):
     def get_quantize_ops(self) -> SvidInitialize:
         return SvidInitialize(self)
 
-    def packed_state_dict(self, model: nn.Module) -> dict[str, torch.Tensor]:
-        return packed_state_dict(model)
+    def pack_state_dict(self, state: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
+        return pack_binarymos_state_dict(state, model)
 
     def describe_config(self) -> str:
         return f"num_experts={self.quantization_config.num_experts}"
 
 
+def pack_binarymos_state_dict(state: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
+    """A copy of ``state`` with every latent ``<module>.weight`` of ``model`` replaced by its packed ``uint8``
+    signs (names missing from ``state`` are left out, as a partial gathered state dict would)."""
+    packed = dict(state)
+    for name, module in model.named_modules():
+        key = f"{name}.weight"
+        if isinstance(module, BinaryMoSLinear) and key in packed:
+            packed[key] = pack_signs(packed[key])
+    return packed
+
+
 def packed_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     """``model.state_dict()`` with every latent ``<module>.weight`` replaced by its packed ``uint8`` signs."""
-    state = model.state_dict()
-    for name, module in model.named_modules():
-        if isinstance(module, BinaryMoSLinear):
-            state[f"{name}.weight"] = pack_signs(state[f"{name}.weight"])
-    return state
+    return pack_binarymos_state_dict(model.state_dict(), model)
 
 
 #: safetensors header dtype names in torch's words.

@@ -16,7 +16,7 @@ from torch import nn
 from transformers.quantizers import register_quantizer
 
 from .nn.ternary import PackedTernaryLinear, TernaryLinear, twn_init
-from .packing import TERNARY_FORMAT_VERSION, pack_ternary
+from .packing import TERNARY_FORMAT_VERSION, pack_ternary, ternarize, unpack_ternary
 from .quantizer import LatentInitialize, PackingHfQuantizer
 from .ternary_config import TERNARY_QUANT_METHOD, TernaryConfig
 
@@ -49,26 +49,39 @@ class TernaryHfQuantizer(PackingHfQuantizer):
     def get_quantize_ops(self) -> TernaryInitialize:
         return TernaryInitialize(self)
 
-    def packed_state_dict(self, model: nn.Module) -> dict[str, torch.Tensor]:
-        return ternary_packed_state_dict(model, self.quantization_config.code_packing)
+    def pack_state_dict(self, state: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
+        return pack_ternary_state_dict(state, model, self.quantization_config.code_packing)
 
     def describe_config(self) -> str:
         config = self.quantization_config
         return f"group_size={config.group_size}, code_packing={config.code_packing!r}"
 
 
-def ternary_packed_state_dict(model: nn.Module, code_packing: str) -> dict[str, torch.Tensor]:
-    """``model.state_dict()`` with every latent ``<module>.weight`` replaced by its packed ``uint8`` trits.
+def pack_ternary_state_dict(
+    state: dict[str, torch.Tensor], model: nn.Module, code_packing: str
+) -> dict[str, torch.Tensor]:
+    """A copy of ``state`` with every latent ``<module>.weight`` of ``model`` replaced by its packed ``uint8``
+    trits, ternarized from the weight, scale and shift in ``state`` (which may be gathered from shards).
 
-    A model already packed with another code packing is re-packed, so the file always matches ``code_packing``.
+    A layer already packed with another code packing is re-packed, so the file always matches ``code_packing``.
     """
-    state = model.state_dict()
+    packed = dict(state)
     for name, module in model.named_modules():
+        key = f"{name}.weight"
+        if key not in packed:
+            continue
         if isinstance(module, TernaryLinear):
-            trits = module.trits()
+            trits = ternarize(
+                packed[key], packed[f"{name}.weight_scale"], packed[f"{name}.weight_shift"], module.group_size
+            )
         elif isinstance(module, PackedTernaryLinear) and module.code_packing != code_packing:
-            trits = module.trits()
+            trits = unpack_ternary(packed[key], module.in_features, module.code_packing)
         else:
             continue
-        state[f"{name}.weight"] = pack_ternary(trits, code_packing)
-    return state
+        packed[key] = pack_ternary(trits, code_packing)
+    return packed
+
+
+def ternary_packed_state_dict(model: nn.Module, code_packing: str) -> dict[str, torch.Tensor]:
+    """``model.state_dict()`` with every latent ``<module>.weight`` replaced by its packed ``uint8`` trits."""
+    return pack_ternary_state_dict(model.state_dict(), model, code_packing)

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -27,9 +26,7 @@ from torch import nn
 from transformers import Trainer
 from transformers.trainer_callback import ProgressCallback
 
-from ..nn.binarymos import BinaryMoSLinear
-from ..packing import FORMAT_VERSION, pack_signs
-from ..quantizer import FORMAT_METADATA_KEY, BinaryMoSHfQuantizer, latent_saving
+from ..quantizer import PackingHfQuantizer, latent_saving
 from .config import DistillationConfig
 from .freezing import (
     TrainableCount,
@@ -262,44 +259,11 @@ class DistillationTrainer(Trainer):
             super()._save(output_dir, state_dict)
 
 
-@contextlib.contextmanager
-def _saving_state_dict(model: nn.Module, state_dict: dict[str, torch.Tensor] | None) -> Iterator[None]:
+def _saving_state_dict(model: nn.Module, state_dict: dict[str, torch.Tensor] | None):
     """Make ``model.save_pretrained`` write ``state_dict`` (packed unless saving latent) instead of reading
-    ``model.state_dict()``.
-
-    Under FSDP and DeepSpeed ZeRO-3 the Trainer gathers the full state dict itself and passes it to
-    ``save_pretrained``, but the quantizer's ``get_state_dict_and_metadata`` reads the model's own (sharded)
-    state dict; for the duration of the save, the quantizer instance answers with the gathered one.
-    """
+    ``model.state_dict()``: under FSDP and DeepSpeed ZeRO-3 the Trainer gathers the full state dict itself and
+    passes it, while transformers asks the quantizer for the tensors to write."""
     quantizer = getattr(model, "hf_quantizer", None)
-    if state_dict is None or not hasattr(quantizer, "get_state_dict_and_metadata"):
-        yield
-        return
-    latent_names = [
-        f"{name}.weight" for name, module in model.named_modules() if isinstance(module, BinaryMoSLinear)
-    ]
-    metadata = {
-        getattr(quantizer, "format_metadata_key", FORMAT_METADATA_KEY): str(
-            getattr(quantizer, "format_version", FORMAT_VERSION)
-        )
-    }
-
-    def gathered_state_dict_and_metadata(_model: nn.Module):
-        if quantizer.quantization_config.checkpoint_form == "latent":
-            return state_dict, dict(metadata)
-        if not isinstance(quantizer, BinaryMoSHfQuantizer):
-            raise NotImplementedError(
-                f"Packing a gathered state dict is only implemented for BinaryMoS, not {type(quantizer).__name__}: "
-                "save this model from a latent checkpoint outside FSDP/DeepSpeed instead."
-            )
-        packed = dict(state_dict)
-        for key in latent_names:
-            if key in packed:
-                packed[key] = pack_signs(packed[key])
-        return packed, dict(metadata)
-
-    quantizer.get_state_dict_and_metadata = gathered_state_dict_and_metadata
-    try:
-        yield
-    finally:
-        del quantizer.get_state_dict_and_metadata  # back to the class method
+    if state_dict is None or not isinstance(quantizer, PackingHfQuantizer):
+        return contextlib.nullcontext()
+    return quantizer.saving_state_dict(state_dict)
