@@ -35,7 +35,7 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
-from optimum_binarymos import model_footprint, record_base_model, record_evaluation
+from optimum_binarymos import model_footprint, record_base_model, record_evaluation, save_pretrained
 from optimum_binarymos.assets import folder_size_bytes, smollm2_path
 from optimum_binarymos.experiment import (
     Budget,
@@ -233,7 +233,7 @@ def main(argv: list[str] | None = None) -> int:
                 "distillation_tokens": budget.tokens,
             },
         )
-        student.save_pretrained(out / "binarymos")
+        save_pretrained(student, out / "binarymos")  # weights, config.json and the model card
         tokenizer.save_pretrained(out / "binarymos")
         # Compare in float32: the saved values are exact in both models, bfloat16 arithmetic would add noise.
         student.to(torch.float32)

@@ -15,7 +15,7 @@ from safetensors.torch import load_file, save_file
 from transformers import AutoModelForCausalLM
 
 import optimum_binarymos.ternary_quantizer  # noqa: F401  registers "binarymos_ternary" with transformers
-from optimum_binarymos import BinaryMoSConfig, latent_saving
+from optimum_binarymos import BinaryMoSConfig, latent_saving, save_pretrained
 from optimum_binarymos.quantizer import SvidInitialize
 from optimum_binarymos.ternary_config import TernaryConfig
 from optimum_binarymos.ternary_quantizer import TernaryInitialize
@@ -270,11 +270,11 @@ def test_saving_over_an_older_model_leaves_only_the_new_weights(
     model = AutoModelForCausalLM.from_pretrained(
         float_checkpoint("llama"), quantization_config=BinaryMoSConfig(num_experts=2)
     )
-    model.save_pretrained(tmp_path, **({"max_shard_size": first_shard_size} if first_shard_size else {}))
+    save_pretrained(model, tmp_path, **({"max_shard_size": first_shard_size} if first_shard_size else {}))
     layer = model.model.layers[0].mlp.up_proj
     with torch.no_grad():
         layer.scale_out.mul_(3.0)
-    model.save_pretrained(tmp_path, **({"max_shard_size": second_shard_size} if second_shard_size else {}))
+    save_pretrained(model, tmp_path, **({"max_shard_size": second_shard_size} if second_shard_size else {}))
     weight_files = sorted(path.name for path in tmp_path.glob("model*"))
     if second_shard_size:
         assert "model.safetensors" not in weight_files and "model.safetensors.index.json" in weight_files
@@ -282,6 +282,19 @@ def test_saving_over_an_older_model_leaves_only_the_new_weights(
         assert weight_files == ["model.safetensors"]
     reloaded = AutoModelForCausalLM.from_pretrained(tmp_path)
     assert torch.equal(reloaded.model.layers[0].mlp.up_proj.scale_out, layer.scale_out)
+
+
+def test_a_folder_left_with_two_models_by_plain_saves_is_refused(float_checkpoint, tmp_path):
+    """transformers' own save_pretrained keeps an older model.safetensors beside new shards, and loading would
+    read the older file: loading refuses and names it."""
+    model = AutoModelForCausalLM.from_pretrained(
+        float_checkpoint("llama"), quantization_config=BinaryMoSConfig(num_experts=2)
+    )
+    model.save_pretrained(tmp_path)
+    model.save_pretrained(tmp_path, max_shard_size="20KB")
+    assert (tmp_path / "model.safetensors").is_file() and (tmp_path / "model.safetensors.index.json").is_file()
+    with pytest.raises(ValueError, match=r"holds two models.*The older is model\.safetensors: delete it"):
+        AutoModelForCausalLM.from_pretrained(tmp_path)
 
 
 @pytest.mark.parametrize("name", ["model.layers.0.self_attn.q_proj.scale_out", "model.layers.1.mlp.up_proj.scale_in"])
@@ -309,7 +322,7 @@ KILLED_MID_SAVE = """
 import os, signal, sys
 import transformers.modeling_utils
 from transformers import AutoModelForCausalLM
-from optimum_binarymos import BinaryMoSConfig
+from optimum_binarymos import BinaryMoSConfig, save_pretrained
 
 def write_some_then_die(tensors, filename, metadata=None):
     with open(filename, "wb") as handle:
@@ -318,14 +331,14 @@ def write_some_then_die(tensors, filename, metadata=None):
 
 model = AutoModelForCausalLM.from_pretrained(sys.argv[1], quantization_config=BinaryMoSConfig(num_experts=4))
 transformers.modeling_utils.safe_save_file = write_some_then_die
-model.save_pretrained(sys.argv[2])
+save_pretrained(model, sys.argv[2])
 """
 
 
 def test_a_save_killed_half_way_leaves_the_older_model_whole(float_checkpoint, tmp_path, tokens):
     folder = tmp_path / "model"
     older = AutoModelForCausalLM.from_pretrained(float_checkpoint("llama"), quantization_config=BinaryMoSConfig())
-    older.save_pretrained(folder)
+    save_pretrained(older, folder)
     before = {path.name: path.read_bytes() for path in folder.iterdir()}
     killed = subprocess.run([sys.executable, "-c", KILLED_MID_SAVE, float_checkpoint("llama"), str(folder)])
     assert killed.returncode == -signal.SIGKILL
@@ -333,5 +346,5 @@ def test_a_save_killed_half_way_leaves_the_older_model_whole(float_checkpoint, t
     with torch.no_grad():
         torch.testing.assert_close(AutoModelForCausalLM.from_pretrained(folder)(tokens).logits, older(tokens).logits)
     assert [path.name.startswith(".saving-") for path in tmp_path.iterdir()].count(True) == 1
-    older.save_pretrained(tmp_path / "another")  # the next save beside it clears what the killed one left
+    save_pretrained(older, tmp_path / "another")  # the next save beside it clears what the killed one left
     assert sorted(path.name for path in tmp_path.iterdir()) == ["another", "model"]

@@ -11,7 +11,6 @@ Fresh processes are also the only honest way to test what happens when nobody im
 
 from __future__ import annotations
 
-import copy
 import json
 import os
 import re
@@ -36,6 +35,7 @@ from optimum_binarymos.hub import (
     record_base_model,
     record_evaluation,
     render_model_card,
+    save_pretrained,
 )
 
 FLOAT_REPO = "org/tiny-float"
@@ -113,18 +113,21 @@ def test_onebit_card_says_so_and_omits_empty_sections(float_checkpoint):
 
 @pytest.mark.reliability
 def test_save_pretrained_writes_the_card_but_keeps_a_hand_written_one(binary_model, tmp_path):
-    binary_model.save_pretrained(tmp_path)
+    save_pretrained(binary_model, tmp_path)
     assert CARD_MARKER in (tmp_path / "README.md").read_text()
     (tmp_path / "README.md").write_text("# My own words\n")
-    binary_model.save_pretrained(tmp_path)
+    save_pretrained(binary_model, tmp_path)
     assert (tmp_path / "README.md").read_text() == "# My own words\n"
 
 
-def test_copies_of_a_model_write_their_own_card(binary_model, tmp_path):
-    twin = copy.deepcopy(binary_model)
-    assert twin.save_pretrained.model is twin and twin.push_to_hub.model is twin
-    twin.save_pretrained(tmp_path)
-    assert (tmp_path / "README.md").is_file()
+def test_the_models_own_methods_are_transformers_own(binary_model, tmp_path):
+    """Converting replaces no method of the model: its save_pretrained writes weights and config only, and the
+    method's tags reach a plain push through transformers' model_tags."""
+    for name in ("save_pretrained", "push_to_hub"):
+        assert name not in vars(binary_model)
+    binary_model.save_pretrained(tmp_path)
+    assert not (tmp_path / "README.md").exists()
+    assert {"binarymos", "1-bit"} <= set(binary_model.model_tags)
 
 
 def test_conversion_from_the_hub_cache_records_base_model_and_license(tmp_path):
@@ -229,7 +232,7 @@ PUSH_AND_RELOAD = """
     import optimum_binarymos
     from huggingface_hub import HfApi, hf_hub_download, snapshot_download
     from transformers import AutoModelForCausalLM, AutoTokenizer
-    from optimum_binarymos import BinaryMoSConfig
+    from optimum_binarymos import BinaryMoSConfig, push_to_hub, save_pretrained
     from optimum_binarymos.hub import record_evaluation
 
     float_dir, out_dir, float_repo, repo = sys.argv[1:5]
@@ -247,7 +250,7 @@ PUSH_AND_RELOAD = """
     # Converted from its Hub id, evaluated, pushed with its tokenizer.
     model = AutoModelForCausalLM.from_pretrained(float_repo, quantization_config=BinaryMoSConfig(num_experts=4))
     record_evaluation(model, {"wikitext2_ppl": 42.5})
-    first = model.push_to_hub(repo)
+    first = push_to_hub(model, repo)
     tokenizer.push_to_hub(repo)
     first_logits = logits(model)
 
@@ -265,7 +268,7 @@ PUSH_AND_RELOAD = """
     # A second push of a changed model to the same repo; the first stays reachable by its commit id.
     with torch.no_grad():
         model.model.layers[0].mlp.down_proj.scale_out.mul_(2.0)
-    second = model.push_to_hub(repo, commit_message="Scale fix")
+    second = push_to_hub(model, repo, commit_message="Scale fix")
     second_logits = logits(model)
     at_first = AutoModelForCausalLM.from_pretrained(repo, revision=first.oid)
     at_main = AutoModelForCausalLM.from_pretrained(repo)
@@ -275,22 +278,25 @@ PUSH_AND_RELOAD = """
     HfApi().create_repo("user/hand-written")
     HfApi().upload_file(path_or_fileobj=b"---\\nlicense: mit\\n---\\n# Mine\\n", path_in_repo="README.md",
                         repo_id="user/hand-written")
-    model.push_to_hub("user/hand-written")
+    push_to_hub(model, "user/hand-written")
 
     # When the Hub cannot say whether a card exists (an error, not a 404), the push stops and the card stays.
     HfApi().create_repo("user/flaky")
     HfApi().upload_file(path_or_fileobj=b"# Mine too\\n", path_in_repo="README.md", repo_id="user/flaky")
     try:
-        model.push_to_hub("user/flaky")
+        push_to_hub(model, "user/flaky")
         flaky_error = ""
     except Exception as error:
         flaky_error = str(error)
 
     # save_pretrained(push_to_hub=True) and a push to another branch upload the card too.
-    model.save_pretrained(f"{out_dir}/via-save", push_to_hub=True, repo_id="user/via-save")
+    save_pretrained(model, f"{out_dir}/via-save", push_to_hub=True, repo_id="user/via-save")
     with torch.no_grad():
         model.model.layers[1].mlp.up_proj.scale_in.mul_(0.5)
-    model.push_to_hub(repo, revision="dev", commit_message="On a branch")
+    push_to_hub(model, repo, revision="dev", commit_message="On a branch")
+
+    # transformers' own push works too: weights and config, and its generic card carries the method's tags.
+    model.push_to_hub("user/plain")
 
     close = lambda a, b: bool(torch.allclose(a, b, atol=1e-5, rtol=1e-5))
     print(json.dumps({
@@ -369,6 +375,13 @@ def test_push_stops_and_keeps_the_card_when_the_hub_cannot_say_whether_one_exist
     assert "could not read the README.md" in pushed["flaky_error"]
     assert hub.files("user/flaky")["README.md"] == b"# Mine too\n"
     assert len(hub.history("user/flaky")) == 2  # its creation and the card: no upload commit
+
+
+def test_a_plain_transformers_push_uploads_the_model_with_the_method_tags(hub, pushed):
+    files = hub.files("user/plain")
+    assert {"config.json", "model.safetensors"} <= set(files)
+    card = files["README.md"].decode()
+    assert CARD_MARKER not in card and "binarymos" in front_matter(card)["tags"]
 
 
 def test_push_keeps_a_hand_written_card_and_adds_the_tags(hub, pushed):

@@ -27,7 +27,7 @@ from test_hub import (
 )
 from transformers import AutoModelForCausalLM
 
-from optimum_binarymos import TernaryConfig, convert_model, latent_saving
+from optimum_binarymos import TernaryConfig, convert_model, latent_saving, save_pretrained
 from optimum_binarymos.cli import main
 from optimum_binarymos.footprint import estimate_footprint, model_footprint
 from optimum_binarymos.hub import (
@@ -68,7 +68,7 @@ def ternary_model(float_checkpoint):
 def test_save_pretrained_writes_a_ternary_card_that_survives_reloading(ternary_model, tmp_path):
     record_base_model(ternary_model, FLOAT_REPO, license="apache-2.0")
     record_evaluation(ternary_model, {"wikitext2_ppl": 30.125})
-    ternary_model.save_pretrained(tmp_path)
+    save_pretrained(ternary_model, tmp_path)
     card = (tmp_path / "README.md").read_text()
 
     metadata = front_matter(card)
@@ -94,22 +94,22 @@ def test_save_pretrained_writes_a_ternary_card_that_survives_reloading(ternary_m
     assert isinstance(again.model.layers[0].mlp.down_proj, PackedTernaryLinear)
     assert card_record(again)["evaluation"] == {"wikitext2_ppl": 30.125}
     folder = tmp_path / "again"
-    again.save_pretrained(folder)  # a reloaded packed model writes the same card
+    save_pretrained(again, folder)  # a reloaded packed model writes the same card
     assert (folder / "README.md").read_text() == card.replace(str(tmp_path), str(folder)).replace(
         f"# {tmp_path.name}\n", "# again\n"
     )
     (folder / "README.md").write_text("# Mine\n")
-    again.save_pretrained(folder)
+    save_pretrained(again, folder)
     assert (folder / "README.md").read_text() == "# Mine\n"  # a hand-written card is kept
 
 
 def test_convert_model_and_latent_checkpoints_get_ternary_cards(tmp_path):
     model = convert_model(make_float_model("llama"), TernaryConfig(group_size=64))
     with latent_saving(model):
-        model.save_pretrained(tmp_path / "latent")
+        save_pretrained(model, tmp_path / "latent")
     latent_card = (tmp_path / "latent" / "README.md").read_text()
     assert "This is a training checkpoint" in latent_card and "packed ternary checkpoint" in latent_card
-    model.save_pretrained(tmp_path / "packed")
+    save_pretrained(model, tmp_path / "packed")
     card = (tmp_path / "packed" / "README.md").read_text()
     assert "training checkpoint" not in card and "`2bit`: 2-bit codes (4 trits per byte" in card
     assert "\n# packed\n" in card  # titled by its folder, or generically without one
@@ -246,7 +246,7 @@ PUSH_AND_RELOAD = """
     import optimum_binarymos
     from huggingface_hub import HfApi
     from transformers import AutoModelForCausalLM, AutoTokenizer
-    from optimum_binarymos import TernaryConfig
+    from optimum_binarymos import TernaryConfig, push_to_hub, save_pretrained
     from optimum_binarymos.cli import main
     from optimum_binarymos.hub import record_evaluation
 
@@ -264,12 +264,12 @@ PUSH_AND_RELOAD = """
     config = TernaryConfig(group_size=32, code_packing="base3")
     model = AutoModelForCausalLM.from_pretrained(float_repo, quantization_config=config)
     record_evaluation(model, {"wikitext2_ppl": 55.5})
-    pushed = model.push_to_hub(repo)
+    pushed = push_to_hub(model, repo)
     tokenizer.push_to_hub(repo)
     reloaded = AutoModelForCausalLM.from_pretrained(repo)
 
     # save_pretrained(push_to_hub=True), and the push command from a saved folder.
-    model.save_pretrained(f"{out_dir}/via-save", push_to_hub=True, repo_id="user/ternary-via-save")
+    save_pretrained(model, f"{out_dir}/via-save", push_to_hub=True, repo_id="user/ternary-via-save")
     tokenizer.save_pretrained(f"{out_dir}/via-save")
     status = main(["push", f"{out_dir}/via-save", "user/ternary-cli"])
     from_cli = AutoModelForCausalLM.from_pretrained("user/ternary-cli")

@@ -9,7 +9,7 @@ from .calibration import CalibrationReport, calibrate_model
 from .config import BinaryMoSConfig
 from .convert import convert_model, modules_to_convert, pack_model
 from .footprint import Footprint, estimate_footprint, model_footprint
-from .hub import record_base_model, record_evaluation, render_model_card
+from .hub import push_to_hub, record_base_model, record_evaluation, render_model_card, save_pretrained
 from .integrations import register_peft  # noqa: F401  deprecated, kept importable for one release
 from .nn import BinaryMoSLinear, PackedBinaryMoSLinear, PackedTernaryLinear, TernaryLinear
 from .packing import (
@@ -61,9 +61,11 @@ __all__ = [
     "pack_model",
     "pack_signs",
     "pack_ternary",
+    "push_to_hub",
     "record_base_model",
     "record_evaluation",
     "render_model_card",
+    "save_pretrained",
     "unpack_signs",
     "unpack_ternary",
 ]

@@ -115,11 +115,13 @@ def _quantize(args: argparse.Namespace) -> int:
         raise CommandError(str(error)) from error
     _refuse_quantized_input(args.model)
     model = _load_model(args.model, args.dtype, quantization_config=config)
+    from .hub import save_pretrained
+
     if args.form == "latent":
         with latent_saving(model):
-            model.save_pretrained(args.output_dir)
+            save_pretrained(model, args.output_dir)
     else:
-        model.save_pretrained(args.output_dir)
+        save_pretrained(model, args.output_dir)
     tokenizer = _load_tokenizer(args.model)
     if tokenizer is not None:
         tokenizer.save_pretrained(args.output_dir)
@@ -327,8 +329,11 @@ def _push_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _push(args: argparse.Namespace) -> int:
+    from .hub import push_to_hub
+
     model = _load_model(args.model)
-    info = model.push_to_hub(
+    info = push_to_hub(
+        model,
         args.repo_id, private=args.private or None, revision=args.revision, commit_message=args.commit_message
     )
     tokenizer = _load_tokenizer(args.model)

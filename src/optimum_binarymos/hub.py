@@ -1,12 +1,13 @@
-"""Hub sharing of BinaryMoS and ternary models: the model card is written on ``save_pretrained`` and ``push_to_hub``.
+"""Sharing BinaryMoS and ternary models: saving and pushing with their model card.
 
-* Every BinaryMoS or ternary model that ``from_pretrained`` or :func:`~optimum_binarymos.convert_model` returns
-  writes its card (:func:`~optimum_binarymos.model_card.render_model_card`) itself: its ``save_pretrained`` writes
-  ``README.md`` next to the weights and its ``push_to_hub`` uploads it. (transformers' own ``push_to_hub`` would
-  replace any ``README.md`` with a generic card, so the model's ``push_to_hub`` is this module's
-  :func:`push_to_hub`.) :func:`save_pretrained` and :func:`push_to_hub` do the same for any such model object.
-* What the card says and what it knows about the model (base model, license, evaluation) live in
-  :mod:`optimum_binarymos.model_card`; its public names are importable from here too.
+transformers' own ``model.save_pretrained`` and ``model.push_to_hub`` work unchanged on these models (packed
+weights, ``config.json``; a push tags the repo ``binarymos`` / ``ternary``, the tags the quantizer adds with
+``model.add_model_tags``). This module's functions do more, for the same arguments:
+
+* :func:`save_pretrained` writes the model card (``README.md``, from
+  :func:`~optimum_binarymos.model_card.render_model_card`), saves through a staging folder so that an interrupted
+  save leaves the older model whole, and removes weight files of an earlier save that this one did not replace;
+* :func:`push_to_hub` uploads the weights and the card, in one commit, and keeps a hand-written card on the Hub.
 
 A ``README.md`` without the marker comment of these cards (:data:`CARD_MARKER`, right after the metadata) was
 written by hand: it is never overwritten (a push only adds the tags). Delete the marker line from a generated card
@@ -16,7 +17,6 @@ to keep your edits.
 from __future__ import annotations
 
 import contextlib
-import functools
 import logging
 import os
 import re
@@ -39,7 +39,6 @@ from torch import nn
 
 from .model_card import (
     CARD_MARKER,
-    CARD_METHODS,
     CARD_RECORD_KEY,
     CARD_TAGS,
     LICENSE_FIELDS,
@@ -61,7 +60,6 @@ __all__ = [
     "LICENSE_FIELDS",
     "TERNARY_CARD_TAGS",
     "card_record",
-    "prepare_for_sharing",
     "push_to_hub",
     "record_base_model",
     "record_evaluation",
@@ -100,10 +98,17 @@ def write_model_card(
 
 
 def save_pretrained(model: nn.Module, save_directory: str | os.PathLike, *args, **kwargs) -> None:
-    """``model.save_pretrained(save_directory, ...)`` that also writes the model card (``README.md``).
+    """``model.save_pretrained(save_directory, ...)`` that also writes the model card (``README.md``), never
+    leaves a half-written model over an older one, and removes the older save's weight files it did not replace.
 
     Takes every argument of transformers' ``save_pretrained``; with ``push_to_hub=True`` the saved files and the
     card are uploaded to ``repo_id`` (default: the folder's name).
+
+    Example::
+
+        from optimum_binarymos import save_pretrained
+
+        save_pretrained(model, "smollm2-binarymos")   # weights, config.json and README.md
     """
     push = kwargs.pop("push_to_hub", False)
     is_main_process = kwargs.get("is_main_process", args[0] if args else True)
@@ -113,11 +118,11 @@ def save_pretrained(model: nn.Module, save_directory: str | os.PathLike, *args, 
         if name in kwargs
     }
     if not is_main_process:  # other ranks write nothing
-        _unwrapped(model, "save_pretrained")(save_directory, *args, **kwargs)
+        model.save_pretrained(save_directory, *args, **kwargs)
         return
     before = _timestamps(save_directory)
     with _staging_folder(Path(save_directory)) as staging:
-        _unwrapped(model, "save_pretrained")(staging, *args, **kwargs)
+        model.save_pretrained(staging, *args, **kwargs)
     if getattr(model, "_hf_peft_config_loaded", False):
         return  # an adapter folder is not this model
     _remove_stale_weights(Path(save_directory), before)
@@ -157,15 +162,20 @@ def push_to_hub(
 ):
     """Upload a BinaryMoS or ternary model (packed safetensors, ``config.json``) and its model card to the Hub.
 
-    Same arguments and result (a ``CommitInfo``) as transformers' ``model.push_to_hub``, which calls this for
-    BinaryMoS and ternary models. The card replaces a card generated earlier; a hand-written one on the Hub is
-    kept and only gets the tags.
+    Same arguments and result (a ``CommitInfo``) as transformers' ``model.push_to_hub``, plus the card: it
+    replaces a card generated earlier; a hand-written one on the Hub is kept and only gets the tags.
+
+    Example::
+
+        from optimum_binarymos import push_to_hub
+
+        push_to_hub(model, "your-name/smollm2-binarymos")
     """
     api = _api()
     repo_id = api.create_repo(repo_id, private=private, token=token, exist_ok=True).repo_id
     remote_card = _hand_written_remote_card(repo_id, revision, token)
     with tempfile.TemporaryDirectory() as folder:
-        _unwrapped(model, "save_pretrained")(folder, max_shard_size=max_shard_size)
+        model.save_pretrained(folder, max_shard_size=max_shard_size)
         if remote_card is not None:
             remote_card.data.tags = list(
                 dict.fromkeys([*(remote_card.data.tags or []), *all_tags(model, tags)])
@@ -334,54 +344,3 @@ def _commit_files(
         revision=revision,
         create_pr=create_pr,
     )
-
-
-# --------------------------------------------------------------------------------------------------------------
-# Hooking the card into the model's own methods.
-# --------------------------------------------------------------------------------------------------------------
-
-
-class _CardWritingMethod:
-    """Stands in for one model's ``save_pretrained`` or ``push_to_hub``: this module's version, bound to it.
-
-    A plain object (not a closure) so that ``copy.deepcopy`` and pickling of the model keep working; it keeps
-    ``previous``, an instance-level replacement that was there before it (usually ``None``: the class method).
-    """
-
-    def __init__(self, model: nn.Module, name: str, previous=None) -> None:
-        self.model = model
-        self.name = name
-        self.previous = previous
-        functools.update_wrapper(self, _REPLACEMENTS[name])
-
-    def __call__(self, *args, **kwargs):
-        quantization = getattr(getattr(self.model, "config", None), "quantization_config", None)
-        if getattr(quantization, "quant_method", None) not in CARD_METHODS:  # dequantized since: a float model
-            return _unwrapped(self.model, self.name)(*args, **kwargs)
-        return _REPLACEMENTS[self.name](self.model, *args, **kwargs)
-
-
-_REPLACEMENTS = {"save_pretrained": save_pretrained, "push_to_hub": push_to_hub}
-
-
-def _unwrapped(model: nn.Module, name: str):
-    """The model's method as transformers defines it, whether or not it was replaced here."""
-    method = model.__dict__.get(name)
-    if isinstance(method, _CardWritingMethod):
-        return method.previous or getattr(type(model), name).__get__(model, type(model))
-    return getattr(model, name)
-
-
-def prepare_for_sharing(model: nn.Module, converted: bool) -> None:
-    """Make ``model.save_pretrained`` / ``model.push_to_hub`` write the card; after a conversion (``converted``),
-    also record the float model it came from. Called by the quantizers for every BinaryMoS or ternary model they
-    return."""
-    if converted:
-        remember_float_source(model)
-    quantization = getattr(getattr(model, "config", None), "quantization_config", None)
-    if getattr(quantization, "quant_method", None) not in CARD_METHODS:
-        return  # only methods with a card description get one; others keep transformers' behaviour
-    for name in _REPLACEMENTS:
-        if not isinstance(model.__dict__.get(name), _CardWritingMethod) and hasattr(model, name):
-            # nn.Module.__setattr__ stores plain objects in the instance dict, which wins over the class method.
-            setattr(model, name, _CardWritingMethod(model, name, model.__dict__.get(name)))

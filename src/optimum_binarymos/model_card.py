@@ -483,6 +483,18 @@ def card_method(model: nn.Module) -> tuple[CardMethod, QuantizationConfig]:
     return method, found
 
 
+def share_as_quantized(model: nn.Module, converted: bool) -> None:
+    """What the quantizers do for every model they return: tag it with its method (transformers'
+    ``model.add_model_tags``, which a plain ``model.push_to_hub`` writes into the repo's card) and, after a
+    conversion (``converted``), record the float model it came from."""
+    if converted:
+        remember_float_source(model)
+    quantization = getattr(getattr(model, "config", None), "quantization_config", None)
+    method = CARD_METHODS.get(getattr(quantization, "quant_method", None))
+    if method is not None and hasattr(model, "add_model_tags"):
+        model.add_model_tags(list(method.tags))
+
+
 def all_tags(model: nn.Module, tags: Iterable[str] | None = None) -> list[str]:
     """The Hub tags of ``model``'s card: its method's, then ``model.model_tags``, then ``tags``."""
     method, _ = card_method(model)

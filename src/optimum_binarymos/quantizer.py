@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -26,7 +27,7 @@ from transformers.quantizers import HfQuantizer, register_quantizer
 
 from .config import QUANT_METHOD, BinaryMoSConfig, newer_format_message
 from .dequantization import dense_weight, float_layer
-from .hub import prepare_for_sharing
+from .model_card import share_as_quantized
 from .nn.binarymos import BinaryMoSLinear, PackedBinaryMoSLinear
 from .nn.svid import svid_rank1
 from .packing import FORMAT_VERSION, PACKED_DTYPE, pack_signs
@@ -189,6 +190,8 @@ class PackingHfQuantizer(HfQuantizer):
             lambda _name, module: self.skeleton(module, self.loads_packed, dtype),
         )
         checkpoint_files = kwargs.get("checkpoint_files") or []
+        if self.pre_quantized:
+            check_one_model_per_folder(checkpoint_files)
         if self.loads_packed:
             check_packed_checkpoint(model, checkpoint_files, self)
         elif self.pre_quantized:
@@ -219,8 +222,7 @@ class PackingHfQuantizer(HfQuantizer):
             model.requires_grad_(False)
         kind = "packed (frozen)" if self.holds_packed_layers else "latent (trainable)"
         logger.info("%s: %d layers in %s form", self.method_name, len(self.converted_modules), kind)
-        # optimum_binarymos.hub: save_pretrained/push_to_hub write the model card; a conversion records its source.
-        prepare_for_sharing(model, converted=not self.pre_quantized)
+        share_as_quantized(model, converted=not self.pre_quantized)
         return model
 
     def _calibrate(self, model: nn.Module) -> None:
@@ -388,6 +390,27 @@ def _check_file_format_versions(metadata: dict[str, dict[str, str]], quantizer: 
             )
 
 
+def check_one_model_per_folder(checkpoint_files: list[str]) -> None:
+    """Refuse a folder holding both a single-file model and a sharded one.
+
+    transformers' ``save_pretrained`` leaves the other layout in place (a sharded save beside an older
+    ``model.safetensors``, say) and loading then reads the single file, whichever is newer: a silently wrong model.
+
+    Raises:
+        ValueError: naming both files, which one is older, and what to delete.
+    """
+    for folder in sorted({Path(path).parent for path in checkpoint_files}):
+        single, index = folder / "model.safetensors", folder / "model.safetensors.index.json"
+        if not (single.is_file() and index.is_file()):
+            continue
+        older = min((single, index), key=lambda path: path.stat().st_mtime)
+        raise ValueError(
+            f"{folder} holds two models, {single.name} and the shards of {index.name}; one is left over from an "
+            f"earlier save into the same folder. The older is {older.name}: delete it (with its shards, for the "
+            "index), or save with optimum_binarymos.save_pretrained(model, folder), which removes what it replaces."
+        )
+
+
 def check_checkpoint_format_version(checkpoint_files: list[str], quantizer: PackingHfQuantizer) -> None:
     """Check the format version in the safetensors metadata of ``checkpoint_files`` (headers only).
 
@@ -550,6 +573,5 @@ def attach_quantizer(model: nn.Module, config, pre_quantized: bool) -> PackingHf
     model.hf_quantizer = quantizer
     if hasattr(model, "config"):
         model.config.quantization_config = config
-        model.config._is_quantized = True
-    prepare_for_sharing(model, converted=not pre_quantized)  # optimum_binarymos.hub: model card, float source
+    share_as_quantized(model, converted=not pre_quantized)
     return quantizer

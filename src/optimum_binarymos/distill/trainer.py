@@ -26,6 +26,7 @@ from torch import nn
 from transformers import Trainer
 from transformers.trainer_callback import ProgressCallback
 
+from ..hub import write_model_card
 from ..quantizer import PackingHfQuantizer, latent_saving
 from .config import DistillationConfig
 from .freezing import (
@@ -257,6 +258,17 @@ class DistillationTrainer(Trainer):
         form = latent_saving(student) if self._writing_checkpoint else contextlib.nullcontext()
         with form, _saving_state_dict(student, state_dict):
             super()._save(output_dir, state_dict)
+        if not self._writing_checkpoint:  # a checkpoint is for resuming; a final save is a model to share
+            write_model_card(student, output_dir or self.args.output_dir)
+
+    def create_model_card(self, *args: Any, **kwargs: Any) -> None:
+        """``Trainer.push_to_hub`` writes the card of the student's method (not the Trainer's generic one)."""
+        if self.is_world_process_zero():
+            student = self.accelerator.unwrap_model(self.model, keep_torch_compile=False)
+            if binarymos_layers(student):
+                write_model_card(student, self.args.output_dir, model_id=self.args.hub_model_id)
+                return
+        super().create_model_card(*args, **kwargs)
 
 
 def _saving_state_dict(model: nn.Module, state_dict: dict[str, torch.Tensor] | None):
