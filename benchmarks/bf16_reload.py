@@ -27,9 +27,11 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from optimum_binarymos import BinaryMoSConfig
-from optimum_binarymos.assets import smollm2_path
 from optimum_binarymos.hardware import cpu_info
-from optimum_binarymos.text_assets import sotu_split
+
+# The demo's model and text fetching (it runs pip and npm) lives in examples/, not in the library.
+sys.path.append(str(Path(__file__).resolve().parents[1] / "examples"))
+from demo_assets import smollm2_path, sotu_split  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -43,7 +43,6 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
 
 from optimum_binarymos import calibrate_model, record_base_model, record_evaluation, render_model_card
-from optimum_binarymos.assets import folder_size_bytes, smollm2_path
 from optimum_binarymos.experiment import (
     METHODS,
     Budget,
@@ -56,6 +55,10 @@ from optimum_binarymos.experiment import (
     token_spread,
 )
 from optimum_binarymos.hardware import cpu_info
+
+# The demo's model and text fetching (it runs pip and npm) lives in examples/, not in the library.
+sys.path.append(str(Path(__file__).resolve().parents[1] / "examples"))
+from demo_assets import folder_size_bytes, smollm2_path, sotu_addresses  # noqa: E402
 
 BASE_MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
 CARD_NAME = "smollm2-135m-instruct-binarymos.md"
@@ -195,7 +198,7 @@ def run(args: argparse.Namespace) -> tuple[dict, torch.nn.Module | None]:
     model_dir = smollm2_path()
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     # Calibration text is cut from before the training stretch whatever the recipe, so the blocks are the same.
-    data = sotu_data(tokenizer, Budget(**shared))
+    data = sotu_data(tokenizer, Budget(**shared), sotu_addresses())
     evaluate = lambda model, windows=args.eval_windows: evaluate_perplexity(  # noqa: E731
         model, data.eval_ids, seq_len=args.eval_seq_len, max_windows=windows
     )

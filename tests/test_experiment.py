@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import torch
 from conftest import VOCAB
 
-from optimum_binarymos import BinaryMoSConfig, TernaryConfig, assets, text_assets
+from optimum_binarymos import BinaryMoSConfig, TernaryConfig
 from optimum_binarymos.experiment import (
+    DEFAULT_EVAL_FROM_YEAR,
     METHODS,
     Budget,
     build_student,
@@ -35,21 +37,23 @@ class ByteTokenizer:
         return {"input_ids": [1 + byte % (VOCAB - 1) for byte in text.encode()]}
 
 
+@dataclass(frozen=True)
+class Address:
+    """Like ``demo_assets.SotuAddress``: what ``sotu_data`` reads is ``year`` and ``text``."""
+
+    year: int
+    text: str
+
+
 @pytest.fixture
-def sotu_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A cache holding three old addresses and one new one, written without npm."""
-    monkeypatch.delenv(assets.CACHE_ENV_VAR, raising=False)
-    monkeypatch.setenv("HOME", str(tmp_path / "home"))
-
-    def build(destination: Path, cache: Path) -> None:
-        destination.mkdir(parents=True, exist_ok=True)
-        (destination / "1900_a_r.txt").write_text("a" * 600, encoding="utf-8")
-        (destination / "1990_b_d.txt").write_text("b" * 600, encoding="utf-8")
-        (destination / "1999_c_d.txt").write_text("c" * 600, encoding="utf-8")
-        (destination / "2001_d_r.txt").write_text("new text " * 20, encoding="utf-8")
-
-    monkeypatch.setattr(text_assets, "_build", build)
-    return tmp_path / "cache"
+def addresses() -> list[Address]:
+    """Three old addresses and one new one, out of order (``sotu_data`` sorts them by year)."""
+    return [
+        Address(1990, "b" * 600),
+        Address(2001, "new text " * 20),
+        Address(1900, "a" * 600),
+        Address(1999, "c" * 600),
+    ]
 
 
 def test_budget_counts_tokens_and_refuses_nonsense() -> None:
@@ -72,9 +76,9 @@ def test_quantization_config_of_each_method() -> None:
         quantization_config("fourbit")
 
 
-def test_sotu_data_takes_the_latest_training_text_and_holds_out_the_new(sotu_cache: Path) -> None:
+def test_sotu_data_takes_the_latest_training_text_and_holds_out_the_new(addresses: list[Address]) -> None:
     budget = Budget(steps=2, block_size=50, batch_size=3)
-    data = sotu_data(ByteTokenizer(), budget, eval_from_year=2000, cache_dir=sotu_cache)
+    data = sotu_data(ByteTokenizer(), budget, addresses, eval_from_year=2000)
     assert data.train.blocks.shape == (6, 50)
     assert data.eval_from_year == 2000
     # Blocks come from the end of the older text ("...ccc"), never from the held-out address.
@@ -85,9 +89,34 @@ def test_sotu_data_takes_the_latest_training_text_and_holds_out_the_new(sotu_cac
     )  # addresses are stripped
 
 
-def test_sotu_data_refuses_a_budget_larger_than_the_text(sotu_cache: Path) -> None:
+def test_sotu_data_refuses_a_budget_larger_than_the_text(addresses: list[Address]) -> None:
     with pytest.raises(ValueError, match="the budget needs 400"):
-        sotu_data(ByteTokenizer(), Budget(steps=100, block_size=50, batch_size=4), 2000, sotu_cache)
+        sotu_data(ByteTokenizer(), Budget(steps=100, block_size=50, batch_size=4), addresses, 2000)
+
+
+def test_sotu_data_takes_year_text_pairs_and_refuses_an_empty_split(addresses: list[Address]) -> None:
+    budget = Budget(steps=2, block_size=50, batch_size=3)
+    pairs = [(address.year, address.text) for address in addresses]
+    from_pairs = sotu_data(ByteTokenizer(), budget, pairs)
+    from_objects = sotu_data(ByteTokenizer(), budget, addresses)
+    assert from_pairs.eval_from_year == DEFAULT_EVAL_FROM_YEAR == 2000
+    assert torch.equal(from_pairs.train.blocks, from_objects.train.blocks)
+    assert torch.equal(from_pairs.eval_ids, from_objects.eval_ids)
+    with pytest.raises(ValueError, match="empty split: the addresses span 1900 to 2001"):
+        sotu_data(ByteTokenizer(), budget, pairs, eval_from_year=2002)
+    with pytest.raises(ValueError, match="at least one address"):
+        sotu_data(ByteTokenizer(), budget, [])
+
+
+def test_sotu_data_validation_split_holds_out_the_decade_before(addresses: list[Address]) -> None:
+    budget = Budget(steps=1, block_size=50, batch_size=2, calibration_tokens=0)
+    data = sotu_data(ByteTokenizer(), budget, addresses, eval_from_year=2000, split="validation")
+    assert data.eval_from_year == 1990
+    assert data.eval_ids.tolist() == ByteTokenizer()("b" * 600 + "\n\n" + "c" * 600)["input_ids"]
+    a_id = ByteTokenizer()("a")["input_ids"][0]
+    assert data.train.blocks.eq(a_id).all()  # training text from before the held-out decade only
+    with pytest.raises(ValueError, match="split must be"):
+        sotu_data(ByteTokenizer(), budget, addresses, split="test")
 
 
 @pytest.mark.parametrize("method", METHODS)

@@ -1,15 +1,16 @@
 """Small-budget distillation runs on a real model: what ``make demo`` and ``benchmarks/quality.py`` share.
 
 A run takes a float causal LM, builds a 1-bit or ternary student from it (:func:`build_student`), distills it for
-a stated :class:`Budget` (:func:`distill`) and scores perplexity on held-out text. The embedded default is
-SmolLM2-135M-Instruct with the State of the Union addresses split by date (:func:`sotu_data`), all of it
-available offline from the package registries.
+a stated :class:`Budget` (:func:`distill`) and scores perplexity on held-out text. The demo and the benchmarks
+run SmolLM2-135M-Instruct on the State of the Union addresses split by date (:func:`sotu_data`); the scripts
+fetch both (``examples/demo_assets``) and pass them in: nothing here downloads anything.
 
 Example::
 
+    >>> from demo_assets import sotu_addresses                 # doctest: +SKIP
     >>> from optimum_binarymos.experiment import Budget, build_student, distill, sotu_data
     >>> budget = Budget(steps=30)                              # doctest: +SKIP
-    >>> data = sotu_data(tokenizer, budget)                    # doctest: +SKIP
+    >>> data = sotu_data(tokenizer, budget, sotu_addresses())  # doctest: +SKIP
     >>> student = build_student(model_dir, "binarymos")        # doctest: +SKIP
     >>> history = distill(student, teacher, data.train, budget, "out")  # doctest: +SKIP
 """
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -26,14 +28,14 @@ from torch import nn
 from transformers import AutoModelForCausalLM, default_data_collator
 
 from .calibration import DEFAULT_CALIBRATION_TOKENS
-from .config import BinaryMoSConfig
 from .distill.data import TokenBlocks, text_blocks
 from .eval import perplexity
+from .methods.binarymos import BinaryMoSConfig
+from .methods.ternary import TernaryConfig
 from .nn.binarymos import BinaryMoSLinear, PackedBinaryMoSLinear
-from .ternary_config import TernaryConfig
-from .text_assets import DEFAULT_EVAL_FROM_YEAR, sotu_split
 
 __all__ = [
+    "DEFAULT_EVAL_FROM_YEAR",
     "METHODS",
     "Budget",
     "SotuData",
@@ -50,6 +52,9 @@ __all__ = [
 
 #: The compared methods: OneBit is BinaryMoS with one scaling expert; ternary is TernaryLLM's DLT.
 METHODS = ("onebit", "binarymos", "ternary")
+
+#: First year of the evaluation addresses: 22 State of the Union addresses (2000-2021), 161k SmolLM2 tokens.
+DEFAULT_EVAL_FROM_YEAR = 2000
 
 #: Years before the evaluation addresses held out as the validation split.
 VALIDATION_YEARS = 10
@@ -216,11 +221,15 @@ class SotuData:
 def sotu_data(
     tokenizer: Any,
     budget: Budget,
+    addresses: Iterable[Any],
     eval_from_year: int = DEFAULT_EVAL_FROM_YEAR,
-    cache_dir: str | os.PathLike[str] | None = None,
     split: str = "evaluation",
 ) -> SotuData:
     """Cut the addresses before ``eval_from_year`` into exactly the blocks ``budget`` trains on.
+
+    ``addresses`` are dated texts, in any order: objects with ``year`` and ``text`` attributes (the
+    ``SotuAddress`` items of ``demo_assets.sotu_addresses()`` in ``examples/``) or ``(year, text)`` pairs. They
+    are sorted by year (texts of one year keep their order), stripped and joined with ``"\\n\\n"``.
 
     The training text is the most recent stretch before ``eval_from_year`` long enough for the budget (the
     closest in style to the evaluation addresses); only that stretch is tokenized.
@@ -230,15 +239,17 @@ def sotu_data(
     calibration text come from before it.
 
     Raises:
-        ValueError: when all the older addresses together are too short for the budget.
+        ValueError: when ``eval_from_year`` leaves no address on one side, or when all the older addresses
+            together are too short for the budget.
     """
+    dated = _dated_texts(addresses)
     if split == "validation":
-        train_text, _ = sotu_split(eval_from_year - VALIDATION_YEARS, cache_dir)
-        before_evaluation, _ = sotu_split(eval_from_year, cache_dir)
+        train_text, _ = _split_by_year(dated, eval_from_year - VALIDATION_YEARS)
+        before_evaluation, _ = _split_by_year(dated, eval_from_year)
         eval_text = before_evaluation[len(train_text) :].lstrip()  # the addresses of the held-out decade
         eval_from_year -= VALIDATION_YEARS
     elif split == "evaluation":
-        train_text, eval_text = sotu_split(eval_from_year, cache_dir)
+        train_text, eval_text = _split_by_year(dated, eval_from_year)
     else:
         raise ValueError(f"split must be 'evaluation' or 'validation', got {split!r}")
     needed_blocks = budget.steps * budget.batch_size
@@ -257,6 +268,33 @@ def sotu_data(
     train = TokenBlocks(train.blocks[-needed_blocks:])
     eval_ids = torch.tensor(tokenizer(eval_text, add_special_tokens=False)["input_ids"], dtype=torch.long)
     return SotuData(train=train, eval_ids=eval_ids, eval_from_year=eval_from_year, calibration=calibration)
+
+
+def _dated_texts(addresses: Iterable[Any]) -> list[tuple[int, str]]:
+    """``(year, stripped text)`` of each address, oldest first (a stable sort: one year keeps its order)."""
+    dated = []
+    for address in addresses:
+        if isinstance(address, tuple):
+            year, text = address
+        else:
+            year, text = address.year, address.text
+        dated.append((int(year), text.strip()))
+    if not dated:
+        raise ValueError("sotu_data needs at least one address, got none")
+    return sorted(dated, key=lambda pair: pair[0])
+
+
+def _split_by_year(dated: list[tuple[int, str]], eval_from_year: int) -> tuple[str, str]:
+    """The texts before ``eval_from_year`` and from it on, each joined with ``"\\n\\n"``; neither may be empty."""
+    train = [text for year, text in dated if year < eval_from_year]
+    evaluation = [text for year, text in dated if year >= eval_from_year]
+    if not train or not evaluation:
+        first, last = dated[0][0], dated[-1][0]
+        raise ValueError(
+            f"eval_from_year={eval_from_year} leaves an empty split: the addresses span {first} to {last}, "
+            f"pick a year in {first + 1}..{last}"
+        )
+    return "\n\n".join(train), "\n\n".join(evaluation)
 
 
 def distill(

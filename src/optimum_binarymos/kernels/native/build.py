@@ -26,7 +26,7 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
-from ...assets import default_cache_dir
+from ...cache import default_cache_dir
 
 #: The C source that is compiled, shipped inside the package; it includes the headers beside it.
 SOURCE = Path(__file__).with_name("binarymos_cpu.c")

