@@ -10,6 +10,7 @@ wider buffer of 0xFF bytes, so a kernel that ignores their row stride reads the 
 from __future__ import annotations
 
 import collections
+import copy
 import hashlib
 import multiprocessing
 import os
@@ -32,7 +33,7 @@ from optimum_binarymos import (
     pack_signs,
     unpack_signs,
 )
-from optimum_binarymos.kernels import binarymos_linear, dispatch, native, torch_backend
+from optimum_binarymos.kernels import binarymos_linear, dispatch, native, set_kernel_backend, torch_backend
 from optimum_binarymos.kernels.native import (
     NativeBuildError,
     NativeKernels,
@@ -121,13 +122,38 @@ def triton_linear():
     return linear
 
 
+def record_triton_launches(monkeypatch) -> collections.Counter:
+    """Count the launches of the three Triton kernels (``"gemv"``, ``"gemm"``, ``"ternary"``) from here on.
+
+    A test-only wrapper around each kernel object's ``run``, which ``kernel[grid](...)`` calls once per launch
+    (an autotuner's benchmarking runs go to the inner function and are not counted): nothing counts in the
+    library. Triton must be installed (use the ``triton_linear`` fixture first).
+    """
+    from optimum_binarymos.kernels.triton import gemm, gemv, ternary
+
+    calls: collections.Counter = collections.Counter()
+    kernels = {
+        "gemv": gemv.binarymos_gemv_kernel,
+        "gemm": gemm.binarymos_gemm_kernel,
+        "ternary": ternary._kernel,
+    }
+    for name, kernel in kernels.items():
+
+        def recording(*args, _run=kernel.run, _name=name, **kwargs):
+            calls[_name] += 1
+            return _run(*args, **kwargs)
+
+        monkeypatch.setattr(kernel, "run", recording)
+    return calls
+
+
 @pytest.mark.parametrize("tokens", [1, 3, 17])
 @pytest.mark.parametrize("strategy", ["gemv", "gemm"])
-def test_triton_strategies_match_the_formula(triton_linear, strategy, tokens):
+def test_triton_strategies_match_the_formula(triton_linear, monkeypatch, strategy, tokens):
     case, expected = make_case(tokens, experts=4, bias=True, seed=tokens)
-    before = triton_linear.LAUNCHES[strategy]
+    launches = record_triton_launches(monkeypatch)
     y = triton_linear.packed_linear(**case, strategy=strategy)
-    assert triton_linear.LAUNCHES[strategy] == before + 1
+    assert launches == {strategy: 1}
     assert_matches(y, expected, torch.float32)
 
 
@@ -165,17 +191,22 @@ def test_triton_half_precision_mixture_with_bias(triton_linear):
 
 
 def test_dispatcher_sends_few_tokens_to_gemv_and_many_to_gemm(triton_linear, monkeypatch):
-    monkeypatch.setenv(dispatch.BACKEND_VARIABLE, "triton")
     for tokens, strategy in [(2, "gemv"), (12, "gemm")]:
         case, expected = make_case(tokens, experts=2, bias=False, k=40, n=24, seed=tokens)
-        before = dict(triton_linear.LAUNCHES)
-        y = binarymos_linear(**case)
-        launched = {name: count - before.get(name, 0) for name, count in triton_linear.LAUNCHES.items()}
-        assert {name: count for name, count in launched.items() if count} == {strategy: 1}
+        launches = record_triton_launches(monkeypatch)
+        y = binarymos_linear(**case, backend="triton")
+        assert launches == {strategy: 1}
         assert_matches(y, expected, torch.float32)
+        launches.clear()
+        # Without a backend argument the function reads BINARYMOS_BACKEND at the call.
+        monkeypatch.setenv(dispatch.BACKEND_VARIABLE, "triton")
+        assert_matches(binarymos_linear(**case), expected, torch.float32)
+        monkeypatch.delenv(dispatch.BACKEND_VARIABLE)
+        assert launches == {strategy: 1}
 
 
 def tiny_packed_llama(num_experts: int) -> torch.nn.Module:
+    """A one-block random LLaMA (hidden 64), converted with ``num_experts`` experts and packed."""
     torch.manual_seed(0)
     config = transformers.LlamaConfig(
         vocab_size=64,
@@ -202,17 +233,33 @@ def prefill_then_decode_logits(model, tokens: torch.Tensor) -> tuple[torch.Tenso
 def test_whole_packed_model_gives_the_same_logits_on_triton_and_torch(triton_linear, monkeypatch):
     model = tiny_packed_llama(num_experts=4)
     tokens = torch.randint(1, 64, (2, 8), generator=torch.Generator().manual_seed(3))
-    monkeypatch.setenv(dispatch.BACKEND_VARIABLE, "torch")
-    expected = prefill_then_decode_logits(model, tokens)
-    monkeypatch.setenv(dispatch.BACKEND_VARIABLE, "triton")
-    before = dict(triton_linear.LAUNCHES)
-    actual = prefill_then_decode_logits(model, tokens)
     layers = sum(isinstance(module, PackedBinaryMoSLinear) for module in model.modules())
+    assert set_kernel_backend(model, "torch") == layers
+    launches = record_triton_launches(monkeypatch)
+    expected = prefill_then_decode_logits(model, tokens)
+    assert launches == {}
+    assert set_kernel_backend(model, "triton") == layers
+    actual = prefill_then_decode_logits(model, tokens)
     # Prefill: 2 x 7 tokens through each layer (GEMM); decoding: 2 tokens (GEMV).
-    assert triton_linear.LAUNCHES["gemm"] - before.get("gemm", 0) == layers
-    assert triton_linear.LAUNCHES["gemv"] - before.get("gemv", 0) == layers
+    assert launches == {"gemm": layers, "gemv": layers}
     for got, want in zip(actual, expected, strict=True):
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+
+
+def test_ternary_layer_launches_the_triton_kernel_only_when_chosen(triton_linear, monkeypatch):
+    from optimum_binarymos.nn.ternary import PackedTernaryLinear, TernaryLinear
+
+    torch.manual_seed(0)
+    layer = PackedTernaryLinear.from_latent(TernaryLinear.from_float(torch.randn(N, K), group_size=32))
+    x = torch.randn(2, 3, K)
+    launches = record_triton_launches(monkeypatch)
+    with torch.no_grad():
+        expected = layer(x)  # auto on CPU: the torch path
+        assert launches == {} and layer.kernel_backend == "auto"
+        layer.kernel_backend = "triton"
+        actual = layer(x)
+    assert launches == {"ternary": 1}
+    torch.testing.assert_close(actual, expected, rtol=1e-4, atol=1e-4)
 
 
 # --- torch backend and native CPU kernel --------------------------------------------------------------------
@@ -395,28 +442,86 @@ def test_failed_native_build_warns_once_and_falls_back_to_torch(monkeypatch, res
 # --- dispatch -----------------------------------------------------------------------------------------------
 
 
-def test_backend_variable_is_read_at_every_call(monkeypatch):
-    cpu = torch.device("cpu")
+def test_select_backend_follows_the_request_or_the_variable(monkeypatch):
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
     monkeypatch.delenv(dispatch.BACKEND_VARIABLE, raising=False)
-    assert dispatch.select_backend(cpu) == "torch"
-    assert dispatch.select_backend(torch.device("cuda")) == "triton"
+    assert dispatch.select_backend(cpu) == dispatch.select_backend(cpu, "auto") == "torch"
+    assert dispatch.select_backend(cuda) == "triton"
+    assert dispatch.select_backend(cpu, "triton") == "triton"  # the interpreter is on in this session
+    assert dispatch.select_backend(cuda, " Torch ") == "torch"
     monkeypatch.setenv(dispatch.BACKEND_VARIABLE, "triton")
-    assert dispatch.select_backend(cpu) == "triton"  # the interpreter is on in this session
-    monkeypatch.setenv(dispatch.BACKEND_VARIABLE, "torch")
-    assert dispatch.select_backend(torch.device("cuda")) == "torch"
+    assert dispatch.select_backend(cpu) == "triton"
+    assert dispatch.select_backend(cpu, "torch") == "torch"  # an explicit request wins over the variable
     monkeypatch.setenv(dispatch.BACKEND_VARIABLE, "cuda")
-    with pytest.raises(ValueError, match="must be one of"):
+    with pytest.raises(ValueError, match="BINARYMOS_BACKEND must be one of"):
         dispatch.select_backend(cpu)
+    with pytest.raises(ValueError, match=r"kernel_backend must be one of \['auto', 'triton', 'torch'\]"):
+        dispatch.select_backend(cpu, "cuda")
+
+
+def test_the_variable_is_a_layers_default_read_once_at_its_first_use(monkeypatch):
+    layer = PackedBinaryMoSLinear(K, N, num_experts=4).requires_grad_(False)
+    x = torch.randn(1, K)
+    calls = record_native_calls(monkeypatch)
+    monkeypatch.setenv(dispatch.BACKEND_VARIABLE, "torch")
+    with torch.no_grad():
+        layer(x)
+        assert layer.kernel_backend == "torch" and calls == {"linear": 1}  # the C kernel, under "torch" too
+        # Not read again: an invalid value set after the first use changes nothing, and raises nowhere.
+        monkeypatch.setenv(dispatch.BACKEND_VARIABLE, "cuda")
+        layer(x)
+        assert layer.kernel_backend == "torch" and calls == {"linear": 2}
+        # Returning the layer to the default reads the variable again at its next use.
+        layer.kernel_backend = None
+        with pytest.raises(ValueError, match="BINARYMOS_BACKEND must be one of"):
+            layer(x)
+
+
+def test_backend_per_layer_and_per_model_with_clear_errors(triton_linear, monkeypatch):
+    from optimum_binarymos.nn.ternary import PackedTernaryLinear
+
+    monkeypatch.delenv(dispatch.BACKEND_VARIABLE, raising=False)
+    binary = PackedBinaryMoSLinear(K, N, num_experts=2).requires_grad_(False)
+    ternary = PackedTernaryLinear(N, N, group_size=32).requires_grad_(False)
+    model = torch.nn.Sequential(torch.nn.Linear(K, K), binary, torch.nn.Sequential(torch.nn.ReLU(), ternary))
+    assert binary.kernel_backend == ternary.kernel_backend == "auto"
+    assert set_kernel_backend(model, "TRITON") == 2  # nothing else in the model has a kernel backend
+    assert binary.kernel_backend == ternary.kernel_backend == "triton"
+    ternary.kernel_backend = "torch"  # one layer alone
+    assert (binary.kernel_backend, ternary.kernel_backend) == ("triton", "torch")
+    names = r"kernel_backend must be one of \['auto', 'triton', 'torch'\], got 'cuda'"
+    with pytest.raises(ValueError, match=names):
+        set_kernel_backend(model, "cuda")
+    assert (binary.kernel_backend, ternary.kernel_backend) == ("triton", "torch")  # nothing changed
+    with pytest.raises(ValueError, match="kernel_backend must be one of"):
+        binary.kernel_backend = "native"
+    with pytest.raises(ValueError, match="kernel_backend must be one of"):
+        ternary.kernel_backend = 1
+    assert set_kernel_backend(torch.nn.Linear(2, 2), "torch") == 0
+    # The choice is a plain attribute: not in the state dict, kept by deepcopy.
+    assert not any("kernel_backend" in name for name in binary.state_dict())
+    assert copy.deepcopy(binary).kernel_backend == "triton"
+    launches = record_triton_launches(monkeypatch)
+    with torch.no_grad():
+        model(torch.randn(3, K))
+    assert launches == {"gemv": 1}
+    # A group size the Triton ternary kernel cannot tile: "auto" takes the torch path, "triton" says so.
+    odd = PackedTernaryLinear(40, 8, group_size=8).requires_grad_(False)
+    with torch.no_grad():
+        odd.kernel_backend = "auto"
+        odd(torch.randn(2, 40))
+        odd.kernel_backend = "triton"
+        with pytest.raises(RuntimeError, match="multiple of 16"):
+            odd(torch.randn(2, 40))
 
 
 def test_forcing_triton_where_it_cannot_run_says_what_to_change(monkeypatch):
-    monkeypatch.setenv(dispatch.BACKEND_VARIABLE, "triton")
     monkeypatch.setenv("TRITON_INTERPRET", "0")
-    with pytest.raises(RuntimeError, match="TRITON_INTERPRET=1"):
-        dispatch.select_backend(torch.device("cpu"))
+    with pytest.raises(RuntimeError, match="TRITON_INTERPRET=1.*set_kernel_backend"):
+        dispatch.select_backend(torch.device("cpu"), "triton")
     monkeypatch.setattr(dispatch, "triton_installed", lambda: False)
-    with pytest.raises(RuntimeError, match="pip install triton"):
-        dispatch.select_backend(torch.device("cpu"))
+    with pytest.raises(RuntimeError, match="pip install triton.*set_kernel_backend"):
+        dispatch.select_backend(torch.device("cpu"), "triton")
 
 
 def test_package_imports_and_runs_without_triton():
@@ -430,13 +535,18 @@ def test_package_imports_and_runs_without_triton():
         layer = PackedBinaryMoSLinear(20, 6, num_experts=2).requires_grad_(False)
         with torch.no_grad():
             assert layer(torch.randn(3, 20)).shape == (3, 6)
-            os.environ["BINARYMOS_BACKEND"] = "triton"
-            try:
-                layer(torch.randn(3, 20))
-            except RuntimeError as error:
-                assert "pip install triton" in str(error), error
-            else:
-                raise AssertionError("BINARYMOS_BACKEND=triton without triton did not raise")
+            for choose in ("attribute", "variable"):
+                if choose == "attribute":
+                    layer.kernel_backend = "triton"
+                else:
+                    os.environ["BINARYMOS_BACKEND"] = "triton"
+                    layer = PackedBinaryMoSLinear(20, 6, num_experts=2).requires_grad_(False)
+                try:
+                    layer(torch.randn(3, 20))
+                except RuntimeError as error:
+                    assert "pip install triton" in str(error), error
+                else:
+                    raise AssertionError(f"the triton backend ({choose}) without triton did not raise")
         print("ok")
         """
     )
@@ -569,9 +679,9 @@ def test_cuda_auto_backend_is_triton(triton_linear, monkeypatch):
     monkeypatch.delenv(dispatch.BACKEND_VARIABLE, raising=False)
     case, expected = make_case(2, experts=4, bias=True, dtype=torch.float16)
     case = {key: value.cuda() if isinstance(value, torch.Tensor) else value for key, value in case.items()}
-    before = triton_linear.LAUNCHES["gemv"]
+    launches = record_triton_launches(monkeypatch)
     assert_matches(binarymos_linear(**case).cpu(), expected, torch.float16)
-    assert triton_linear.LAUNCHES["gemv"] == before + 1
+    assert launches == {"gemv": 1}
 
 
 # --- torch operators: torch.compile traces packed layers whole ---------------------------------------------------

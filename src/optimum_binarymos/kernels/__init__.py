@@ -5,11 +5,13 @@
     s_in  = g @ S_in ;  s_out = g @ S_out     # g: router gates (tokens, E), or the single expert's scales
     y     = ((x * s_in) @ sign(W)^T) * s_out + bias
 
-The backend follows :mod:`.dispatch` (``BINARYMOS_BACKEND`` = ``auto`` | ``triton`` | ``torch``, read at every
-call): CUDA tensors go to the Triton kernels of :mod:`.triton` (a split-K GEMV for few tokens, a ``tl.dot``
-GEMM otherwise), CPU tensors to :mod:`.torch_backend` (a native C kernel for few tokens, a blocked unpack and
-matmul otherwise). The kernels are registered as torch operators (:mod:`.ops`), so ``torch.compile`` traces
-through packed layers. Importing this package never imports ``triton``.
+The backend is one of :data:`BACKENDS` (:mod:`.dispatch`), chosen once per packed layer
+(``layer.kernel_backend``) or per model (:func:`set_kernel_backend`); a layer never given one takes
+``BINARYMOS_BACKEND`` (default ``auto``) at its first use. With ``auto``, CUDA tensors go to the Triton kernels
+of :mod:`.triton` (a split-K GEMV for few tokens, a ``tl.dot`` GEMM otherwise), CPU tensors to
+:mod:`.torch_backend` (a native C kernel for few tokens, a blocked unpack and matmul otherwise). The kernels
+always run as torch operators (:mod:`.ops`), so ``torch.compile`` traces packed models whole. Importing this
+package never imports ``triton``.
 
 Example::
 
@@ -22,6 +24,16 @@ Example::
     >>> reference = ((x * scale_in[0]) @ torch.where(weight >= 0, 1.0, -1.0).T) * scale_out[0]
     >>> torch.allclose(y, reference, atol=1e-5)
     True
+
+Choosing the backend of a whole packed model (``torch``: the CPU path, even for CUDA tensors)::
+
+    >>> from optimum_binarymos import PackedBinaryMoSLinear
+    >>> from optimum_binarymos.kernels import set_kernel_backend
+    >>> model = torch.nn.Sequential(PackedBinaryMoSLinear(20, 6), PackedBinaryMoSLinear(6, 4))
+    >>> set_kernel_backend(model, "torch")
+    2
+    >>> model[0].kernel_backend
+    'torch'
 """
 
 from __future__ import annotations
@@ -29,9 +41,46 @@ from __future__ import annotations
 import torch
 
 from . import ops
-from .dispatch import BACKEND_VARIABLE, BACKENDS, requested_backend, select_backend
+from .dispatch import (
+    BACKEND_VARIABLE,
+    BACKENDS,
+    KernelBackendMixin,
+    requested_backend,
+    select_backend,
+    validate_backend,
+)
 
-__all__ = ["BACKENDS", "BACKEND_VARIABLE", "binarymos_linear", "requested_backend", "select_backend"]
+__all__ = [
+    "BACKENDS",
+    "BACKEND_VARIABLE",
+    "binarymos_linear",
+    "requested_backend",
+    "select_backend",
+    "set_kernel_backend",
+]
+
+
+def set_kernel_backend(model: torch.nn.Module, name: str | None) -> int:
+    """Set ``kernel_backend`` of every packed layer in ``model`` (``model`` itself included).
+
+    Args:
+        model: any module; its packed BinaryMoS and ternary layers (every :class:`.dispatch.KernelBackendMixin`)
+            are changed, nothing else.
+        name: one of :data:`BACKENDS` (``"auto"``, ``"triton"``, ``"torch"``), or None to return the layers to
+            the default of ``BINARYMOS_BACKEND``, read again at their next use.
+
+    Returns:
+        The number of packed layers changed (0 when ``model`` has none).
+
+    Raises:
+        ValueError: for an unknown name, before any layer is changed.
+    """
+    if name is not None:
+        name = validate_backend(name)
+    layers = [module for module in model.modules() if isinstance(module, KernelBackendMixin)]
+    for layer in layers:
+        layer.kernel_backend = name
+    return len(layers)
 
 
 def binarymos_linear(
@@ -42,8 +91,9 @@ def binarymos_linear(
     scale_out: torch.Tensor,
     gates: torch.Tensor | None = None,
     bias: torch.Tensor | None = None,
+    backend: str | None = None,
 ) -> torch.Tensor:
-    """Packed BinaryMoS linear on the backend :func:`select_backend` picks for ``x``'s device.
+    """Packed BinaryMoS linear on the backend :func:`select_backend` picks for ``backend`` and ``x``'s device.
 
     Args:
         x: ``(..., in_features)`` activations, float32, float16 or bfloat16.
@@ -55,13 +105,15 @@ def binarymos_linear(
         gates: ``(..., E)`` float32 router weights, ``softmax(x @ router_weight^T)`` as
             :meth:`~optimum_binarymos.PackedBinaryMoSLinear.router_gates` computes them; None when ``E == 1``.
         bias: ``(out_features,)`` or None.
+        backend: ``"auto"``, ``"triton"`` or ``"torch"`` (:mod:`.dispatch`); None reads ``BINARYMOS_BACKEND``
+            now. Packed layers pass their ``kernel_backend``.
 
     Returns:
         ``(..., out_features)`` in ``x``'s dtype. No gradient flows through it (inference only).
 
     Raises:
-        ValueError: on mismatched shapes or an invalid ``BINARYMOS_BACKEND``.
-        RuntimeError: when ``BINARYMOS_BACKEND=triton`` cannot run here.
+        ValueError: on mismatched shapes or an unknown backend name.
+        RuntimeError: when the ``triton`` backend is forced but cannot run here.
     """
     out_features = packed.shape[0]
     experts = scale_in.shape[0]
@@ -80,7 +132,8 @@ def binarymos_linear(
     flat_gates = None if gates is None else gates.reshape(-1, experts)
     if flat.shape[0] == 0:
         return x.new_empty(*x.shape[:-1], out_features)
-    # Under torch.compile the operator (one node instead of a graph break); eager skips the dispatcher.
-    linear = ops.packed_linear if torch.compiler.is_compiling() else ops.run_packed_linear
-    y = linear(flat, packed, in_features, scale_in, scale_out, flat_gates, bias)
+    if backend is None:
+        backend = requested_backend()
+    # The operator in every mode: one node under torch.compile, a few microseconds of dispatch in eager mode.
+    y = ops.packed_linear(flat, packed, in_features, scale_in, scale_out, flat_gates, bias, backend)
     return y.reshape(*x.shape[:-1], out_features)

@@ -1,12 +1,20 @@
-"""Which backend runs a packed BinaryMoS linear: Triton or the torch/CPU path.
+"""Which backend runs a packed layer: Triton or the torch/CPU path.
 
-``BINARYMOS_BACKEND`` is read at every call, so it can be changed between forwards:
+Every packed layer (:class:`~optimum_binarymos.PackedBinaryMoSLinear`, :class:`~optimum_binarymos.PackedTernaryLinear`)
+holds its own choice, ``layer.kernel_backend``, one of :data:`BACKENDS`:
 
 * ``auto`` (default): Triton for CUDA tensors when ``triton`` is installed, the torch backend otherwise
   (on CPU that is the native kernel of :mod:`optimum_binarymos.kernels.native` when it compiled).
 * ``triton``: always Triton. CPU tensors then need Triton's interpreter (``TRITON_INTERPRET=1`` set before
   Triton kernels are first imported); slow, meant for tests.
 * ``torch``: always :mod:`optimum_binarymos.kernels.torch_backend`.
+
+Choose it per layer (``layer.kernel_backend = "torch"``) or for a whole model
+(:func:`optimum_binarymos.kernels.set_kernel_backend`). A layer that was never given one takes the value of the
+environment variable ``BINARYMOS_BACKEND`` (:func:`requested_backend`) when it is first used, and keeps it:
+the environment is not read again on later forwards. The function-level entry points
+(:func:`~optimum_binarymos.kernels.binarymos_linear`, :func:`~optimum_binarymos.kernels.ternary.ternary_matmul`)
+take a ``backend`` argument, and read ``BINARYMOS_BACKEND`` at the call when it is None.
 
 Importing this module never imports ``triton``.
 """
@@ -22,23 +30,46 @@ import torch
 
 logger = logging.getLogger(__name__)
 
-#: Environment variable choosing the kernel backend, read at every forward.
+#: Environment variable giving the default kernel backend of packed layers, read at a layer's first use.
 BACKEND_VARIABLE = "BINARYMOS_BACKEND"
 
-#: Accepted values of :data:`BACKEND_VARIABLE`.
+#: Accepted kernel backend names (``layer.kernel_backend``, :data:`BACKEND_VARIABLE`).
 BACKENDS = ("auto", "triton", "torch")
+
+#: How to change the backend, for error messages.
+_HOW_TO_CHOOSE = (
+    "choose another backend with `optimum_binarymos.kernels.set_kernel_backend(model, 'auto')` "
+    f"(or `layer.kernel_backend = 'auto'`, or {BACKEND_VARIABLE}=auto before the layers first run)"
+)
+
+
+def validate_backend(name: object, source: str = "kernel_backend") -> str:
+    """``name`` as one of :data:`BACKENDS` (surrounding spaces and case ignored).
+
+    Args:
+        name: the requested backend.
+        source: what the name came from, for the error message.
+
+    Raises:
+        ValueError: for anything else, naming the accepted values.
+    """
+    value = name.strip().lower() if isinstance(name, str) else name
+    if value not in BACKENDS:
+        raise ValueError(f"{source} must be one of {list(BACKENDS)}, got {name!r}")
+    return value
 
 
 def requested_backend() -> str:
-    """The backend asked for through ``BINARYMOS_BACKEND`` (default ``"auto"``), validated.
+    """The backend asked for through ``BINARYMOS_BACKEND`` (default ``"auto"``), validated; read now.
+
+    Packed layers call it once, at their first use (unless given a backend before); the function-level kernels
+    call it at each call made without a ``backend``.
 
     Raises:
         ValueError: for any other value, naming the accepted ones.
     """
-    value = os.environ.get(BACKEND_VARIABLE, "auto").strip().lower() or "auto"
-    if value not in BACKENDS:
-        raise ValueError(f"{BACKEND_VARIABLE} must be one of {list(BACKENDS)}, got {value!r}")
-    return value
+    value = os.environ.get(BACKEND_VARIABLE, "auto").strip() or "auto"
+    return validate_backend(value, BACKEND_VARIABLE)
 
 
 @functools.cache
@@ -60,14 +91,16 @@ def _warn_torch_on_cuda_once() -> None:
     )
 
 
-def select_backend(device: torch.device) -> str:
-    """``"triton"`` or ``"torch"`` for tensors on ``device``, following ``BINARYMOS_BACKEND``.
+def select_backend(device: torch.device, requested: str | None = None) -> str:
+    """``"triton"`` or ``"torch"`` for tensors on ``device``, following ``requested`` (one of :data:`BACKENDS`;
+    None: :func:`requested_backend`, read now).
 
     Raises:
+        ValueError: for an unknown name.
         RuntimeError: when ``triton`` is forced but cannot run here (not installed, or a CPU tensor without
             the interpreter), with the setting to change.
     """
-    requested = requested_backend()
+    requested = requested_backend() if requested is None else validate_backend(requested)
     if requested == "torch":
         return "torch"
     if requested == "auto":
@@ -79,12 +112,39 @@ def select_backend(device: torch.device) -> str:
         return "torch"
     if not triton_installed():
         raise RuntimeError(
-            f"{BACKEND_VARIABLE}=triton but the `triton` package is not installed: `pip install triton`, "
-            f"or set {BACKEND_VARIABLE}=auto (or torch)."
+            f"kernel backend 'triton' but the `triton` package is not installed: `pip install triton`, "
+            f"or {_HOW_TO_CHOOSE}."
         )
     if device.type != "cuda" and not triton_interpreting():
         raise RuntimeError(
-            f"{BACKEND_VARIABLE}=triton on a {device.type} tensor needs Triton's interpreter: set "
-            f"TRITON_INTERPRET=1 before the kernels are first imported, or set {BACKEND_VARIABLE}=auto."
+            f"kernel backend 'triton' on a {device.type} tensor needs Triton's interpreter: set "
+            f"TRITON_INTERPRET=1 before the kernels are first imported, or {_HOW_TO_CHOOSE}."
         )
     return "triton"
+
+
+class KernelBackendMixin:
+    """``kernel_backend`` of a packed layer: chosen once, not read from the environment at every forward.
+
+    Unset, it takes :func:`requested_backend` (``BINARYMOS_BACKEND``, default ``"auto"``) at its first read,
+    which is the layer's first forward unless the value is read before, and keeps it. Setting it validates the
+    name; setting ``None`` returns to the environment's default, read again at the next use. It is a plain
+    attribute: not saved in checkpoints, kept by ``copy.deepcopy`` and ``.to()``.
+    """
+
+    #: The chosen backend; None until chosen or first used (a class default, so layers built any way have it).
+    _kernel_backend: str | None = None
+
+    @property
+    def kernel_backend(self) -> str:
+        """One of :data:`BACKENDS`: which kernels this layer's forward runs (see :mod:`.dispatch`)."""
+        backend = self._kernel_backend
+        if backend is None:
+            # First use: the environment gives the default, once. Under torch.compile, Dynamo traces this
+            # read and replays the assignment, so it costs no graph break either.
+            backend = self._kernel_backend = requested_backend()
+        return backend
+
+    @kernel_backend.setter
+    def kernel_backend(self, name: str | None) -> None:
+        self._kernel_backend = None if name is None else validate_backend(name)

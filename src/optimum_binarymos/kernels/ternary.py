@@ -6,10 +6,12 @@ per-group scale ``alpha`` and shift ``gamma`` ``(N, G)``::
     y = sum_g alpha_g * (x_g @ T_g^T) + gamma_g * sum(x_g)        # (..., N)
 
 The shift costs one group-sum of ``x``; ``T`` never becomes a float weight with the shift folded in.
-The backend follows :mod:`.dispatch` (``BINARYMOS_BACKEND`` = ``auto`` | ``triton`` | ``torch``, read at every
-call): ``"triton"`` (:mod:`.triton.ternary`; CUDA tensors, or CPU tensors under ``TRITON_INTERPRET=1``) or
-``"torch"`` (any device, any batch). The Triton kernel tiles each group by at least 16 columns, so ``auto``
-takes the torch path for other group sizes.
+The backend is a name of :mod:`.dispatch` (``auto`` | ``triton`` | ``torch``: a packed layer passes its
+``kernel_backend``; None reads ``BINARYMOS_BACKEND`` at the call), resolved when the kernel runs to ``"triton"``
+(:mod:`.triton.ternary`; CUDA tensors, or CPU tensors under ``TRITON_INTERPRET=1``) or ``"torch"`` (any device,
+any batch). The Triton kernel tiles each group by at least 16 columns, so ``auto`` takes the torch path for
+other group sizes. Without autograd the kernel runs as the ``optimum_binarymos::ternary_matmul`` operator
+(:mod:`.ops`), in eager mode as under ``torch.compile``.
 """
 
 from __future__ import annotations
@@ -21,24 +23,28 @@ import torch.nn.functional as F
 
 from ..packing import unpack_ternary
 from ..recompute import linear_recomputing_weight
-from .dispatch import BACKEND_VARIABLE, requested_backend, select_backend
+from .dispatch import requested_backend, select_backend, validate_backend
 
 #: The Triton kernel tiles each group by at least 16 columns (the smallest ``tl.dot`` tile).
 TRITON_GROUP_MULTIPLE = 16
 
 
-def select_ternary_backend(x: torch.Tensor, group_size: int) -> str:
-    """``"triton"`` or ``"torch"`` for this call: :func:`.dispatch.select_backend`, then the group-size rule.
+def select_ternary_backend(x: torch.Tensor, group_size: int, requested: str | None = None) -> str:
+    """``"triton"`` or ``"torch"`` for this call: :func:`.dispatch.select_backend` of ``requested`` (None:
+    ``BINARYMOS_BACKEND``, read now), then the group-size rule.
 
     Raises:
+        ValueError: for an unknown backend name.
         RuntimeError: when ``triton`` is forced but cannot run these inputs.
     """
-    backend = select_backend(x.device)
+    requested = requested_backend() if requested is None else validate_backend(requested)
+    backend = select_backend(x.device, requested)
     if backend == "triton" and group_size % TRITON_GROUP_MULTIPLE:
-        if requested_backend() == "triton":
+        if requested == "triton":
             raise RuntimeError(
-                f"{BACKEND_VARIABLE}=triton but the Triton ternary kernel needs a group size that is a multiple "
-                f"of {TRITON_GROUP_MULTIPLE} (got {group_size}); set {BACKEND_VARIABLE}=auto or torch."
+                f"kernel backend 'triton' but the Triton ternary kernel needs a group size that is a multiple "
+                f"of {TRITON_GROUP_MULTIPLE} (got {group_size}); choose 'auto' or 'torch' "
+                "(`layer.kernel_backend`, `optimum_binarymos.kernels.set_kernel_backend` or BINARYMOS_BACKEND)."
             )
         return "torch"
     return backend
@@ -52,8 +58,9 @@ def ternary_matmul(
     in_features: int,
     group_size: int,
     code_packing: str = "2bit",
+    backend: str | None = None,
 ) -> torch.Tensor:
-    """``sum_g alpha_g * (x_g @ T_g^T) + gamma_g * sum(x_g)`` on the backend :func:`select_backend` picks.
+    """``sum_g alpha_g * (x_g @ T_g^T) + gamma_g * sum(x_g)`` on the backend ``backend`` resolves to.
 
     Args:
         x: ``(..., in_features)`` activations (float32, float16 or bfloat16).
@@ -62,9 +69,14 @@ def ternary_matmul(
         in_features: logical ``K``.
         group_size: input columns per group.
         code_packing: ``"2bit"`` or ``"base3"``.
+        backend: ``"auto"``, ``"triton"`` or ``"torch"`` (:mod:`.dispatch`); None reads ``BINARYMOS_BACKEND`` now.
 
     Returns:
         ``(..., N)`` in ``x``'s dtype.
+
+    Raises:
+        ValueError: on a mismatched ``x`` or an unknown backend name.
+        RuntimeError: when ``triton`` is forced but cannot run these inputs.
     """
     if x.shape[-1] != in_features:
         raise ValueError(f"x has {x.shape[-1]} features in its last dimension, expected {in_features}")
@@ -74,12 +86,14 @@ def ternary_matmul(
     needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (x, scale, shift))
     if needs_grad:
         y = ternary_matmul_torch(flat, codes, scale, shift, in_features, group_size, code_packing)
-    elif torch.compiler.is_compiling():  # the operator of .ops: one node instead of a graph break
-        y = torch.ops.optimum_binarymos.ternary_matmul(
-            flat, codes, scale, shift, in_features, group_size, code_packing
-        )
     else:
-        y = ternary_matmul_inference(flat, codes, scale, shift, in_features, group_size, code_packing)
+        if backend is None:
+            backend = requested_backend()
+        # The operator of .ops (registered when the kernels package is imported, which importing this module
+        # does first): one node under torch.compile, a few microseconds of dispatch in eager mode.
+        y = torch.ops.optimum_binarymos.ternary_matmul.default(
+            flat, codes, scale, shift, in_features, group_size, code_packing, backend
+        )
     return y.reshape(*x.shape[:-1], codes.shape[0])
 
 
@@ -91,10 +105,11 @@ def ternary_matmul_inference(
     in_features: int,
     group_size: int,
     code_packing: str,
+    backend: str = "auto",
 ) -> torch.Tensor:
     """:func:`ternary_matmul` for 2-D ``x`` ``(M, K)`` without autograd, on the backend
     :func:`select_ternary_backend` picks (the body of the ``optimum_binarymos::ternary_matmul`` operator)."""
-    if select_ternary_backend(x, group_size) == "triton":
+    if select_ternary_backend(x, group_size, backend) == "triton":
         from .triton.ternary import ternary_matmul_triton
 
         return ternary_matmul_triton(x, codes, scale, shift, group_size, code_packing)

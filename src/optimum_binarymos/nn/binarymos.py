@@ -21,6 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..kernels import binarymos_linear
+from ..kernels.dispatch import KernelBackendMixin
 from ..packing import PACKED_DTYPE, pack_signs, packed_columns, unpack_signs
 from ..recompute import linear_recomputing_weight
 from .ste import binarize_ste
@@ -169,7 +171,7 @@ class BinaryMoSLinear(_MixtureOfScalesMixin):
         return partial(_latent_signs, dtype=dtype), (self.weight,)
 
 
-class PackedBinaryMoSLinear(_MixtureOfScalesMixin):
+class PackedBinaryMoSLinear(KernelBackendMixin, _MixtureOfScalesMixin):
     """Inference BinaryMoS layer: signs at 1 bit each, scales and router in float.
 
     Tensors: ``weight`` ``uint8 (out, ceil(in / 8))`` (a buffer of packed signs; layout in
@@ -177,6 +179,10 @@ class PackedBinaryMoSLinear(_MixtureOfScalesMixin):
     fails on the shape instead of silently loading a wrong model),
     ``scale_in`` ``(E, in)``, ``scale_out`` ``(E, out)``, ``router_weight`` ``(E, in)`` (absent when ``E == 1``),
     ``bias`` ``(out,)``.
+
+    ``kernel_backend`` (``"auto"``, ``"triton"`` or ``"torch"``; :mod:`optimum_binarymos.kernels.dispatch`) chooses
+    the kernels: set it here, or for a whole model with :func:`optimum_binarymos.kernels.set_kernel_backend`;
+    unset, it is ``BINARYMOS_BACKEND`` (default ``"auto"``) read at the layer's first use.
     """
 
     def __init__(
@@ -221,7 +227,7 @@ class PackedBinaryMoSLinear(_MixtureOfScalesMixin):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``(..., in)`` -> ``(..., out)`` with the packed kernels of :mod:`optimum_binarymos.kernels` (Triton on
-        CUDA, native C or torch on CPU; ``BINARYMOS_BACKEND`` forces one), which never unpack a whole weight.
+        CUDA, native C or torch on CPU; :attr:`kernel_backend` forces one), which never unpack a whole weight.
 
         The kernels have no backward, so when autograd has to flow through the layer (adapters trained on top,
         or scales left trainable) the differentiable reference path runs instead.
@@ -230,8 +236,13 @@ class PackedBinaryMoSLinear(_MixtureOfScalesMixin):
             x.requires_grad or any(param.requires_grad for param in self.parameters(recurse=False))
         ):
             return super().forward(x)
-        from ..kernels import binarymos_linear
-
         return binarymos_linear(
-            x, self.weight, self.in_features, self.scale_in, self.scale_out, self.router_gates(x), self.bias
+            x,
+            self.weight,
+            self.in_features,
+            self.scale_in,
+            self.scale_out,
+            self.router_gates(x),
+            self.bias,
+            self.kernel_backend,
         )

@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..kernels.dispatch import KernelBackendMixin
 from ..kernels.ternary import ternary_matmul
 from ..packing import (
     CODE_PACKINGS,
@@ -257,7 +258,7 @@ class TernaryLinear(_GroupedTernaryMixin):
         return y
 
 
-class PackedTernaryLinear(_GroupedTernaryMixin):
+class PackedTernaryLinear(KernelBackendMixin, _GroupedTernaryMixin):
     """Inference DLT layer: trits packed at 2 bits (``"2bit"``) or 1.6 bits (``"base3"``), scales in float.
 
     Tensors: ``weight`` ``uint8 (out, ceil(in / per_byte))`` (a buffer of packed codes, layout in
@@ -265,6 +266,10 @@ class PackedTernaryLinear(_GroupedTernaryMixin):
     of loading a wrong model), ``weight_scale`` and ``weight_shift`` ``(out, ceil(in / group_size))``,
     ``bias`` ``(out,)``. Forward: ``y = sum_g alpha_g * (x_g @ T_g^T) + gamma_g * sum(x_g) + bias`` through
     :func:`optimum_binarymos.kernels.ternary.ternary_matmul` (Triton on GPU, torch elsewhere).
+
+    ``kernel_backend`` (``"auto"``, ``"triton"`` or ``"torch"``; :mod:`optimum_binarymos.kernels.dispatch`) chooses
+    the kernels: set it here, or for a whole model with :func:`optimum_binarymos.kernels.set_kernel_backend`;
+    unset, it is ``BINARYMOS_BACKEND`` (default ``"auto"``) read at the layer's first use.
     """
 
     def __init__(
@@ -325,6 +330,7 @@ class PackedTernaryLinear(_GroupedTernaryMixin):
             self.in_features,
             self.group_size,
             self.code_packing,
+            self.kernel_backend,
         )
         if self.bias is not None:
             y = y + self.bias.to(y.dtype)
