@@ -7,7 +7,14 @@ import torch
 from conftest import VOCAB, make_float_model
 from transformers import AutoModelForCausalLM
 
-from optimum_binarymos import BinaryMoSConfig, BinaryMoSLinear, calibrate_model, convert_model, pack_model
+from optimum_binarymos import (
+    BinaryMoSConfig,
+    BinaryMoSLinear,
+    TernaryConfig,
+    calibrate_model,
+    convert_model,
+    pack_model,
+)
 from optimum_binarymos.calibration import (
     calibration_token_ids,
     fit_layer,
@@ -16,7 +23,6 @@ from optimum_binarymos.calibration import (
 )
 from optimum_binarymos.nn.ternary import TernaryLinear
 from optimum_binarymos.packing import sign_with_ties
-from optimum_binarymos.ternary_config import TernaryConfig
 
 
 def calibration_ids(rows: int = 4, seed: int = 3) -> torch.Tensor:

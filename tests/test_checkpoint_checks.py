@@ -15,10 +15,9 @@ from safetensors.torch import load_file, save_file
 from transformers import AutoModelForCausalLM
 
 import optimum_binarymos.ternary_quantizer  # noqa: F401  registers "binarymos_ternary" with transformers
-from optimum_binarymos import BinaryMoSConfig, latent_saving, save_pretrained
-from optimum_binarymos.quantizer import SvidInitialize
-from optimum_binarymos.ternary_config import TernaryConfig
-from optimum_binarymos.ternary_quantizer import TernaryInitialize
+from optimum_binarymos import BinaryMoSConfig, TernaryConfig, latent_saving, save_pretrained
+from optimum_binarymos.methods.binarymos import SvidInitialize
+from optimum_binarymos.methods.ternary import TernaryInitialize
 
 pytestmark = pytest.mark.reliability
 

@@ -200,29 +200,6 @@ def test_trainer_accepts_the_latent_model_and_refuses_nothing(float_checkpoint, 
     transformers.Trainer(model=model, args=args)  # raises for quantized models that cannot train
 
 
-def test_linear_heavy_llama_packs_over_ten_times_smaller_than_fp16(tmp_path):
-    config = transformers.LlamaConfig(
-        vocab_size=320,
-        hidden_size=1024,
-        intermediate_size=2816,
-        num_hidden_layers=2,
-        num_attention_heads=16,
-        num_key_value_heads=16,
-        tie_word_embeddings=False,
-    )
-    torch.manual_seed(0)
-    AutoModelForCausalLM.from_config(config).to(torch.float16).save_pretrained(tmp_path / "fp16")
-    model = AutoModelForCausalLM.from_pretrained(
-        tmp_path / "fp16", quantization_config=BinaryMoSConfig(num_experts=4), dtype=torch.float16
-    )
-    model.save_pretrained(tmp_path / "packed")
-    fp16_bytes = (tmp_path / "fp16" / "model.safetensors").stat().st_size
-    packed_bytes = (tmp_path / "packed" / "model.safetensors").stat().st_size
-    ratio = fp16_bytes / packed_bytes
-    print(f"fp16 {fp16_bytes} B / packed {packed_bytes} B = {ratio:.2f}x")
-    assert ratio >= 10.0
-
-
 def test_float_weights_under_a_binarymos_config_are_refused(float_checkpoint, tmp_path):
     # The shape of the authors' Hub checkpoints: float latent weights under a quantized config.
     import shutil
@@ -290,7 +267,7 @@ def test_one_module_name_given_as_a_string_is_one_name(config_class):
 
 @pytest.mark.reliability
 def test_packed_checkpoint_loads_frozen_and_runs_packed_kernels_with_grad_enabled(tmp_path, tokens, monkeypatch):
-    import optimum_binarymos.kernels as kernels
+    import optimum_binarymos.nn.binarymos as layers_module
 
     model = convert_model(make_float_model("llama"), BinaryMoSConfig(num_experts=2))
     model.save_pretrained(tmp_path / "packed")
@@ -298,13 +275,13 @@ def test_packed_checkpoint_loads_frozen_and_runs_packed_kernels_with_grad_enable
     assert not any(param.requires_grad for param in packed.parameters())
 
     kernel_calls = []
-    kernel = kernels.binarymos_linear
+    kernel = layers_module.binarymos_linear
 
     def recording_kernel(*args, **kwargs):
         kernel_calls.append(args[0].shape)
         return kernel(*args, **kwargs)
 
-    monkeypatch.setattr(kernels, "binarymos_linear", recording_kernel)
+    monkeypatch.setattr(layers_module, "binarymos_linear", recording_kernel)  # the kernel the layers call
     assert torch.is_grad_enabled()
     packed(tokens)  # no torch.no_grad(): a user calling the model as is
     layers = sum(isinstance(module, PackedBinaryMoSLinear) for module in packed.modules())
@@ -316,26 +293,3 @@ def test_packed_checkpoint_loads_frozen_and_runs_packed_kernels_with_grad_enable
     packed(tokens).logits.sum().backward()
     assert packed.model.layers[0].mlp.up_proj.scale_out.grad is not None
     assert len(kernel_calls) < layers
-
-
-@pytest.mark.parametrize(
-    "config", [BinaryMoSConfig(num_experts=2), TernaryConfig(group_size=16)], ids=["binarymos", "ternary"]
-)
-def test_saving_a_given_state_dict_packs_that_state_dict(config, tmp_path):
-    """What FSDP / ZeRO-3 trainers do: save a full state dict gathered from shards, not the model's own tensors.
-    The quantizer packs the given one, for every method (ternary trits come from its weight, scale and shift)."""
-    model = convert_model(make_float_model("llama"), config)
-    gathered = {name: tensor.clone() for name, tensor in model.state_dict().items()}
-    layer = "model.layers.0.mlp.down_proj"
-    gathered[f"{layer}.weight"] = -gathered[f"{layer}.weight"]  # differs from the model's own tensors
-    with model.hf_quantizer.saving_state_dict(gathered):
-        model.save_pretrained(tmp_path / "gathered")
-    with torch.no_grad():
-        model.get_submodule(layer).weight.neg_()
-    model.save_pretrained(tmp_path / "own")  # outside the block: the model's own (now equal) tensors
-    assert model.hf_quantizer.state_dict_to_save is None
-    written, expected = (load_file(tmp_path / name / "model.safetensors") for name in ("gathered", "own"))
-    assert written.keys() == expected.keys()
-    for name in expected:
-        assert torch.equal(written[name], expected[name]), name
-    assert written[f"{layer}.weight"].dtype == torch.uint8

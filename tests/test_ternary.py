@@ -19,7 +19,7 @@ from transformers import AutoModelForCausalLM
 from transformers.pytorch_utils import Conv1D
 
 import optimum_binarymos.ternary_quantizer  # noqa: F401  registers "binarymos_ternary" with transformers
-from optimum_binarymos import convert_model, latent_saving, modules_to_convert, pack_model
+from optimum_binarymos import TernaryConfig, convert_model, latent_saving, modules_to_convert, pack_model
 from optimum_binarymos.kernels.ternary import ternary_matmul, ternary_matmul_torch
 from optimum_binarymos.nn.ternary import PackedTernaryLinear, TernaryLinear, ternarize_ste, twn_init
 from optimum_binarymos.packing import (
@@ -29,7 +29,6 @@ from optimum_binarymos.packing import (
     ternary_packed_columns,
     unpack_ternary,
 )
-from optimum_binarymos.ternary_config import TernaryConfig
 
 FORMAT_DOC = Path(__file__).resolve().parents[1] / "docs" / "FORMAT_TERNARY.md"
 
@@ -488,31 +487,3 @@ def test_plain_trainer_trains_the_latent_model(float_checkpoint, tmp_path):
     transformers.Trainer(model=model, args=args, train_dataset=dataset).train()
     for name, value in before.items():
         assert not torch.equal(value, model.get_parameter(name)), name  # weight, scale and shift all moved
-
-
-def test_linear_heavy_llama_packs_about_six_and_seven_times_smaller_than_fp16(tmp_path):
-    config = transformers.LlamaConfig(
-        vocab_size=320,
-        hidden_size=1024,
-        intermediate_size=2816,
-        num_hidden_layers=2,
-        num_attention_heads=16,
-        num_key_value_heads=16,
-        tie_word_embeddings=False,
-    )
-    torch.manual_seed(0)
-    AutoModelForCausalLM.from_config(config).to(torch.float16).save_pretrained(tmp_path / "fp16")
-    model = AutoModelForCausalLM.from_pretrained(
-        tmp_path / "fp16", quantization_config=TernaryConfig(group_size=128), dtype=torch.float16
-    )
-    fp16_bytes = (tmp_path / "fp16" / "model.safetensors").stat().st_size
-    ratios = {}
-    for code_packing in ("2bit", "base3"):
-        model.hf_quantizer.quantization_config.code_packing = (
-            code_packing  # a storage choice, made at save time
-        )
-        model.save_pretrained(tmp_path / code_packing)
-        ratios[code_packing] = fp16_bytes / (tmp_path / code_packing / "model.safetensors").stat().st_size
-    print(f"fp16 / packed: 2-bit codes {ratios['2bit']:.2f}x, base-3 codes {ratios['base3']:.2f}x")
-    assert ratios["2bit"] >= 5.9
-    assert ratios["base3"] >= 7.0

@@ -10,10 +10,9 @@ import transformers
 from transformers import AutoModelForCausalLM
 
 import optimum_binarymos.ternary_quantizer  # noqa: F401  registers "binarymos_ternary" with transformers
-from optimum_binarymos import convert_model
+from optimum_binarymos import TernaryConfig, convert_model
 from optimum_binarymos.distill import DistillationConfig, DistillationTrainer, TokenBlocks, logits_kl_loss
 from optimum_binarymos.nn.ternary import TernaryLinear
-from optimum_binarymos.ternary_config import TernaryConfig
 
 VOCAB = 96
 

@@ -6,11 +6,13 @@ converts a float checkpoint and ``from_pretrained`` of a saved folder loads the 
 """
 
 from .calibration import CalibrationReport, calibrate_model
-from .config import BinaryMoSConfig
 from .convert import convert_model, modules_to_convert, pack_model
 from .footprint import Footprint, estimate_footprint, model_footprint
 from .hub import push_to_hub, record_base_model, record_evaluation, render_model_card, save_pretrained
 from .integrations import register_peft  # noqa: F401  deprecated, kept importable for one release
+from .methods.binarymos import BinaryMoSConfig, BinaryMoSHfQuantizer
+from .methods.lifecycle import latent_saving
+from .methods.ternary import TernaryConfig, TernaryHfQuantizer
 from .nn import BinaryMoSLinear, PackedBinaryMoSLinear, PackedTernaryLinear, TernaryLinear
 from .packing import (
     FORMAT_VERSION,
@@ -20,9 +22,6 @@ from .packing import (
     unpack_signs,
     unpack_ternary,
 )
-from .quantizer import BinaryMoSHfQuantizer, latent_saving
-from .ternary_config import TernaryConfig
-from .ternary_quantizer import TernaryHfQuantizer
 
 __version__ = "0.1.0"
 

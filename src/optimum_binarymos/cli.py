@@ -94,9 +94,9 @@ def _quantize_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _quantize(args: argparse.Namespace) -> int:
-    from .config import BinaryMoSConfig
-    from .quantizer import latent_saving
-    from .ternary_config import TernaryConfig
+    from .methods.binarymos import BinaryMoSConfig
+    from .methods.lifecycle import latent_saving
+    from .methods.ternary import TernaryConfig
 
     try:
         if args.method == "ternary":
@@ -254,10 +254,10 @@ _METHOD_FLAGS = {
 def _footprint_quantization(args: argparse.Namespace, own):
     """The quantization config ``footprint`` accounts for: ``own`` (the checkpoint's, or ``None``) with the
     command-line choices applied; ``None`` when nothing is asked beyond ``own``."""
-    from .config import QUANT_METHOD, BinaryMoSConfig
-    from .ternary_config import TERNARY_QUANT_METHOD, TernaryConfig
+    from .methods import registered_methods
 
-    quant_methods = {"binarymos": QUANT_METHOD, "ternary": TERNARY_QUANT_METHOD}
+    methods = {method.cli_name: method for method in registered_methods()}
+    quant_methods = {name: method.quant_method for name, method in methods.items()}
     given = {
         method: {field: getattr(args, field) for field in flags} for method, flags in _METHOD_FLAGS.items()
     }
@@ -273,7 +273,7 @@ def _footprint_quantization(args: argparse.Namespace, own):
             raise CommandError(f"--method {method} takes no {flags} (that is for --method {other})")
     if method == own_method and not given[method]:
         return None
-    config_class = TernaryConfig if method == "ternary" else BinaryMoSConfig
+    config_class = methods[method].config_class
     # The checkpoint's other settings (modules kept in float...) still hold when only some flags change.
     kept = own.to_dict() if method == own_method else {}
     try:

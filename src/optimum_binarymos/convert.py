@@ -1,7 +1,8 @@
 """Converting a float model object to BinaryMoS or ternary in place, and packing a trained one.
 
 ``from_pretrained(..., quantization_config=...)`` converts while loading; these work on a model already in memory.
-Which modules are converted, and how one layer is built, is :mod:`optimum_binarymos.replacement`'s job.
+Which modules are converted is :mod:`optimum_binarymos.replacement`'s job, how one layer is built its method's
+(:mod:`optimum_binarymos.methods`).
 """
 
 from __future__ import annotations
@@ -10,26 +11,28 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .config import BinaryMoSConfig
-from .nn.binarymos import PackedBinaryMoSLinear
-from .nn.ternary import PackedTernaryLinear, TernaryLinear
-from .packing import CODE_PACKINGS
-from .quantizer import attach_quantizer
+from .methods import method_for_config, method_for_model
+from .methods.binarymos import BinaryMoSConfig
+from .methods.config_base import MethodConfig
+from .methods.lifecycle import attach_quantizer, latent_from_float, skeleton_layer  # noqa: F401  re-exported
 from .replacement import (  # noqa: F401  re-exported: their import path before the split
     ALWAYS_KEPT_IN_FLOAT,
     LATENT_LAYER_TYPES,
     PACKED_LAYER_TYPES,
     QUANTIZED_LAYER_TYPES,
-    QuantizationConfig,
     float_weight,
-    latent_from_float,
     linear_dims,
-    method_name,
     modules_to_convert,
     replace_modules,
-    skeleton_layer,
 )
-from .ternary_config import TernaryConfig
+
+#: A quantization config of this package (any registered method's).
+QuantizationConfig = MethodConfig
+
+
+def method_name(config: MethodConfig) -> str:
+    """Human-readable name of the method a config describes, for messages."""
+    return method_for_config(config).name
 
 
 def convert_model(model: nn.Module, quantization_config: QuantizationConfig | None = None) -> nn.Module:
@@ -43,18 +46,19 @@ def convert_model(model: nn.Module, quantization_config: QuantizationConfig | No
         ``model``, with every converted layer a :class:`BinaryMoSLinear` (or a
         :class:`~optimum_binarymos.nn.ternary.TernaryLinear` under a ``TernaryConfig``).
     """
-    existing = next((m for m in model.modules() if isinstance(m, QUANTIZED_LAYER_TYPES)), None)
+    existing = method_for_model(model)
     if existing is not None:
-        kind = "ternary" if isinstance(existing, (TernaryLinear, PackedTernaryLinear)) else "BinaryMoS"
         raise ValueError(
-            f"{type(model).__name__} is already a {kind} model; convert_model takes a float model."
+            f"{type(model).__name__} is already a {existing.name} model; convert_model takes a float model."
         )
     config = quantization_config or BinaryMoSConfig()
-    if not isinstance(config, (BinaryMoSConfig, TernaryConfig)):
+    try:
+        method_for_config(config)
+    except TypeError as error:
         raise TypeError(
-            "convert_model takes a BinaryMoSConfig or TernaryConfig, got "
-            f"{type(config).__name__}; for a dict, use BinaryMoSConfig.from_dict(...)"
-        )
+            f"convert_model takes a BinaryMoSConfig or TernaryConfig, got {type(config).__name__}; for a dict, "
+            "use BinaryMoSConfig.from_dict(...)"
+        ) from error
     names = modules_to_convert(model, config.modules_to_not_convert)
     progress = tqdm(total=len(names), desc=f"Converting to {method_name(config)}", disable=len(names) < 64)
 
@@ -78,22 +82,19 @@ def pack_model(model: nn.Module) -> nn.Module:
     The packed model computes the same outputs with 1 bit per binarized weight (2 or 1.6 per ternary one); use
     it for inference after training without a save/load round trip. Returns ``model``.
     """
-    names = [name for name, module in model.named_modules() if isinstance(module, LATENT_LAYER_TYPES)]
-    if not names:
-        if any(isinstance(module, PACKED_LAYER_TYPES) for module in model.modules()):
-            return model
+    method = method_for_model(model)
+    if method is None:
         raise ValueError(
             f"{type(model).__name__} has no BinaryMoS or ternary layer to pack; convert it first."
         )
+    names = [name for name, module in model.named_modules() if isinstance(module, method.latent_layer)]
+    if not names:
+        return model  # packed already
     quantizer = getattr(model, "hf_quantizer", None)
     config = getattr(quantizer, "quantization_config", None)
-    code_packing = config.code_packing if isinstance(config, TernaryConfig) else CODE_PACKINGS[0]
 
     def pack(_name: str, latent: nn.Module) -> nn.Module:
-        if isinstance(latent, TernaryLinear):
-            packed = PackedTernaryLinear.from_latent(latent, code_packing)
-        else:
-            packed = PackedBinaryMoSLinear.from_latent(latent)
+        packed = method.pack(latent, config)
         packed.source_is_conv1d = getattr(latent, "source_is_conv1d", False)
         return packed
 

@@ -20,18 +20,18 @@ Byte counts of packed tensors come from :mod:`optimum_binarymos.packing`, the on
 from __future__ import annotations
 
 import copy
-import functools
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from .config import QUANT_METHOD, BinaryMoSConfig
-from .nn.binarymos import BinaryMoSLinear, PackedBinaryMoSLinear
-from .nn.ternary import PackedTernaryLinear, TernaryLinear
-from .packing import CODE_PACKINGS, packed_columns, ternary_groups, ternary_packed_columns
-from .replacement import QuantizationConfig, linear_dims, modules_to_convert
-from .ternary_config import TERNARY_QUANT_METHOD, TernaryConfig
+from .methods import method_for_config, method_for_layer, method_for_quant_method, quantized_layers
+from .methods.binarymos import QUANT_METHOD, BinaryMoSConfig
+from .methods.config_base import MethodConfig
+from .methods.ternary import TERNARY_QUANT_METHOD
+from .replacement import linear_dims, modules_to_convert
+
+QuantizationConfig = MethodConfig
 
 #: Bytes per value of everything kept in float, in the reference accounting (float16).
 FLOAT16_BYTES = 2
@@ -73,9 +73,7 @@ class Footprint:
     @property
     def label(self) -> str:
         """The conversion in a few words: ``"BinaryMoS (E=4)"``, ``"ternary (2bit codes, group 128)"``."""
-        if self.is_ternary:
-            return f"ternary ({self.code_packing} codes, group {self.group_size})"
-        return f"BinaryMoS (E={self.num_experts})"
+        return method_for_quant_method(self.method).footprint_label(self)
 
     @property
     def ratio(self) -> float:
@@ -106,7 +104,8 @@ class Footprint:
 
     def to_markdown(self) -> str:
         """A markdown table: whole model and converted layers, float16 against packed."""
-        method, converted = ("ternary", "ternarized") if self.is_ternary else ("BinaryMoS", "binarized")
+        quantization = method_for_quant_method(self.method)
+        method, converted = quantization.name, quantization.converted
         return "\n".join(
             [
                 f"| | float16 | {method} (packed) | ratio |",
@@ -182,13 +181,13 @@ def model_footprint(
     Raises:
         ValueError: when ``quantization_config`` is of another method than the model's converted layers.
     """
-    converted = {name: module for name, module in model.named_modules() if isinstance(module, _LAYER_TYPES)}
+    converted = quantized_layers(model)
     own_config = _model_quantization(model)
     if converted:
-        ternary = isinstance(next(iter(converted.values())), _TERNARY_LAYER_TYPES)
-        if quantization_config is not None and isinstance(quantization_config, TernaryConfig) != ternary:
+        method = method_for_layer(next(iter(converted.values())))
+        if quantization_config is not None and method_for_config(quantization_config) is not method:
             raise ValueError(
-                f"{type(model).__name__} holds {'ternary' if ternary else 'BinaryMoS'} layers; its footprint "
+                f"{type(model).__name__} holds {method.name} layers; its footprint "
                 f"cannot be computed under a {type(quantization_config).__name__}"
             )
         config = quantization_config or own_config
@@ -196,25 +195,8 @@ def model_footprint(
         config = quantization_config or own_config or BinaryMoSConfig()
         names = modules_to_convert(model, config.modules_to_not_convert)
         converted = {name: model.get_submodule(name) for name in names}
-        ternary = isinstance(config, TernaryConfig)
-
-    if ternary:
-        first = next(iter(converted.values()))
-        group_size = getattr(first, "group_size", None) or config.group_size
-        code_packing = _code_packing(config, first)
-        layer_bytes = functools.partial(
-            _ternary_layer_bytes, group_size=group_size, code_packing=code_packing, float_bytes=float_bytes
-        )
-        details = {
-            "num_experts": None,
-            "method": TERNARY_QUANT_METHOD,
-            "group_size": group_size,
-            "code_packing": code_packing,
-        }
-    else:
-        num_experts = getattr(next(iter(converted.values())), "num_experts", None) or config.num_experts
-        layer_bytes = functools.partial(_binary_layer_bytes, num_experts=num_experts, float_bytes=float_bytes)
-        details = {"num_experts": num_experts}
+        method = method_for_config(config)
+    details = method.footprint_details(config, next(iter(converted.values())))
 
     parameters = binarized = linear_float = linear_packed = other_float = other_packed = 0
     for module in converted.values():
@@ -224,7 +206,8 @@ def model_footprint(
         parameters += weights + bias
         binarized += weights
         linear_float += (weights + bias) * FLOAT16_BYTES
-        linear_packed += layer_bytes(module, in_features, out_features) + bias * float_bytes
+        linear_packed += method.layer_bytes(module, in_features, out_features, details, float_bytes)
+        linear_packed += bias * float_bytes
 
     prefixes = tuple(f"{name}." for name in converted)
     seen: set[int] = set()
@@ -251,46 +234,8 @@ def model_footprint(
     )
 
 
-_BINARY_LAYER_TYPES = (BinaryMoSLinear, PackedBinaryMoSLinear)
-_TERNARY_LAYER_TYPES = (TernaryLinear, PackedTernaryLinear)
-_LAYER_TYPES = _BINARY_LAYER_TYPES + _TERNARY_LAYER_TYPES
-
-
-def _binary_layer_bytes(
-    module: nn.Module, in_features: int, out_features: int, *, num_experts: int, float_bytes: int
-) -> int:
-    """Packed signs ``(out, ceil(in / 8))`` + scales ``(E, in) + (E, out)`` + router ``(E, in)`` if ``E > 1``."""
-    experts = getattr(module, "num_experts", num_experts)
-    router = experts * in_features if experts > 1 else 0
-    scales = experts * (in_features + out_features)
-    return out_features * packed_columns(in_features) + (scales + router) * float_bytes
-
-
-def _ternary_layer_bytes(
-    module: nn.Module,
-    in_features: int,
-    out_features: int,
-    *,
-    group_size: int,
-    code_packing: str,
-    float_bytes: int,
-) -> int:
-    """Packed codes ``(out, ceil(in / P))`` + scale and shift ``(out, ceil(in / group_size))`` each."""
-    groups = ternary_groups(in_features, getattr(module, "group_size", group_size))
-    codes = out_features * ternary_packed_columns(in_features, code_packing)
-    return codes + 2 * out_features * groups * float_bytes
-
-
-def _code_packing(config: QuantizationConfig | None, layer: nn.Module) -> str:
-    """The code packing a ternary model saves with: its config's (``save_pretrained`` re-packs to it), else the
-    packed layers' own, else the default."""
-    if isinstance(config, TernaryConfig):
-        return config.code_packing
-    return getattr(layer, "code_packing", CODE_PACKINGS[0])
-
-
 def _dims(module: nn.Module) -> tuple[int, int, bool]:
-    if isinstance(module, _LAYER_TYPES):
+    if hasattr(module, "in_features") and hasattr(module, "out_features"):
         return module.in_features, module.out_features, module.bias is not None
     return linear_dims(module)
 
@@ -298,7 +243,7 @@ def _dims(module: nn.Module) -> tuple[int, int, bool]:
 def _model_quantization(model: nn.Module) -> QuantizationConfig | None:
     """The quantization config a model saves with: its quantizer's, else its config's."""
     found = getattr(getattr(model, "hf_quantizer", None), "quantization_config", None)
-    if isinstance(found, (BinaryMoSConfig, TernaryConfig)):
+    if isinstance(found, MethodConfig):
         return found
     return config_quantization(getattr(model, "config", None))
 
@@ -312,10 +257,7 @@ def config_quantization(config) -> QuantizationConfig | None:
         'base3'
     """
     found = getattr(config, "quantization_config", None)
-    if isinstance(found, (BinaryMoSConfig, TernaryConfig)):
+    if isinstance(found, MethodConfig):
         return found
-    if isinstance(found, dict) and found.get("quant_method") == QUANT_METHOD:
-        return BinaryMoSConfig.from_dict(found)
-    if isinstance(found, dict) and found.get("quant_method") == TERNARY_QUANT_METHOD:
-        return TernaryConfig.from_dict(found)
-    return None
+    method = method_for_quant_method(found.get("quant_method")) if isinstance(found, dict) else None
+    return method.config_class.from_dict(found) if method is not None else None

@@ -7,9 +7,10 @@
   ``binarymos_model_card`` (``base_model``, ``license``, ``evaluation``), so it survives saving and reloading.
   The float checkpoint a model was converted from is recorded at conversion time (:func:`remember_float_source`).
 
-One template (``templates/model_card.md``) serves every method; a :class:`CardMethod` per ``quant_method``
-(:data:`CARD_METHODS`) holds what differs: tags, the method section, the settings rows, the citation.
-Writing the card on ``save_pretrained`` and ``push_to_hub`` is :mod:`optimum_binarymos.hub`'s job.
+One template (``templates/model_card.md``) serves every method; each registered method
+(:mod:`optimum_binarymos.methods`, by ``quant_method`` in :data:`CARD_METHODS`) holds what differs: tags, the
+method section, the settings rows, the citation. What the card knows about the model is
+:mod:`optimum_binarymos.card_record`'s; writing it beside a saved or pushed model is :mod:`optimum_binarymos.hub`'s.
 """
 
 from __future__ import annotations
@@ -17,33 +18,56 @@ from __future__ import annotations
 import functools
 import html
 import logging
-import os
 import re
 import string
-from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from huggingface_hub import ModelCardData
-from huggingface_hub.errors import HFValidationError
-from huggingface_hub.repocard import metadata_load
-from huggingface_hub.utils import validate_repo_id
 from torch import nn
 
-from .config import QUANT_METHOD, BinaryMoSConfig
+from .card_record import (  # noqa: F401  re-exported: the card's record, written before rendering
+    CARD_RECORD_KEY,
+    LICENSE_FIELDS,
+    card_record,
+    license_fields,
+    record_base_model,
+    record_evaluation,
+    remember_float_source,
+)
 from .footprint import Footprint, format_bytes, model_footprint
-from .nn.binarymos import BinaryMoSLinear, PackedBinaryMoSLinear
-from .nn.ternary import PackedTernaryLinear, TernaryLinear
-from .packing import TRITS_PER_BYTE
-from .replacement import QuantizationConfig
-from .ternary_config import TERNARY_QUANT_METHOD, TernaryConfig
+from .methods import QuantizationMethod, registered_methods
+from .methods.binarymos import BINARYMOS
+from .methods.binarymos.card import TAGS as CARD_TAGS
+from .methods.config_base import MethodConfig
+from .methods.ternary import TERNARY
+from .methods.ternary.card import TAGS as TERNARY_CARD_TAGS
+
+QuantizationConfig = MethodConfig
 
 logger = logging.getLogger(__name__)
 
-#: Key of ``config.json`` holding what the card says about the model's origin and evaluation.
-CARD_RECORD_KEY = "binarymos_model_card"
+__all__ = [
+    "BINARYMOS_CARD",
+    "CARD_MARKER",
+    "CARD_METHODS",
+    "CARD_RECORD_KEY",
+    "CARD_TAGS",
+    "LICENSE_FIELDS",
+    "TERNARY_CARD",
+    "TERNARY_CARD_TAGS",
+    "CardMethod",
+    "all_tags",
+    "card_method",
+    "card_record",
+    "license_fields",
+    "record_base_model",
+    "record_evaluation",
+    "remember_float_source",
+    "render_model_card",
+]
 
 #: Comment in every generated card; a ``README.md`` without it is the user's and is never overwritten.
 CARD_MARKER = (
@@ -51,345 +75,24 @@ CARD_MARKER = (
     "Delete this line to keep your edits. -->"
 )
 
-#: Tags of every BinaryMoS model card (the Hub lists models by tag).
-CARD_TAGS = ("binarymos", "1-bit", "quantized")
-
-#: Tags of every ternary model card.
-TERNARY_CARD_TAGS = ("binarymos_ternary", "ternary", "1.58-bit", "quantized")
-
-#: License metadata carried over from the float model's card.
-LICENSE_FIELDS = ("license", "license_name", "license_link")
-
 _TEMPLATE = "templates/model_card.md"
 _LIBRARY_LINK = "[optimum-binarymos](https://github.com/optimum-binarymos/optimum-binarymos)"
-_FORMAT_DOC = "https://github.com/optimum-binarymos/optimum-binarymos/blob/main/docs/FORMAT_TERNARY.md"
-_HF_CACHE_SNAPSHOT = re.compile(
-    r"models--(?P<owner>[^/\\]+?)--(?P<name>[^/\\]+)[/\\]snapshots[/\\][0-9a-f]{40}$"
-)
 
 
 # --------------------------------------------------------------------------------------------------------------
-# What the card knows about the model, kept in its config.
+# What differs between methods: each registered method's card text (optimum_binarymos.methods.<method>.card).
 # --------------------------------------------------------------------------------------------------------------
 
+#: What a card of one method says; the registered methods themselves carry it.
+CardMethod = QuantizationMethod
 
-def card_record(model: nn.Module) -> dict[str, Any]:
-    """A copy of what is recorded for the card: ``base_model``, ``license``, ``evaluation`` (each when known)."""
-    record = getattr(getattr(model, "config", model), CARD_RECORD_KEY, None)
-    return dict(record) if isinstance(record, dict) else {}
+#: The card text of the two methods, under their earlier names.
+BINARYMOS_CARD = BINARYMOS
+TERNARY_CARD = TERNARY
 
-
-def _update_record(model: nn.Module, **fields: Any) -> dict[str, Any]:
-    config = getattr(model, "config", model)
-    record = card_record(model)
-    record.update({key: value for key, value in fields.items() if value is not None})
-    setattr(config, CARD_RECORD_KEY, record)
-    return record
-
-
-def record_evaluation(
-    model: nn.Module, results: Mapping[str, float | int | str]
-) -> dict[str, float | int | str]:
-    """Record evaluation results on ``model`` (merged with earlier ones); the model card shows them as a table.
-
-    They are stored in the model's config, so they travel with ``save_pretrained`` and come back with
-    ``from_pretrained``. Works the same for BinaryMoS and ternary models.
-
-    Args:
-        model: the model (or its config).
-        results: metric name -> value, e.g. ``{"wikitext2_ppl": 7.88, "arc_easy_acc": 0.65}``.
-
-    Returns:
-        Every result recorded so far.
-
-    Example::
-
-        >>> record_evaluation(model, {"wikitext2_ppl": 7.88})
-        {'wikitext2_ppl': 7.88}
-    """
-    clean: dict[str, float | int | str] = {}
-    for name, value in dict(results).items():
-        if not isinstance(name, str) or not name:
-            raise ValueError(f"Evaluation metric names must be non-empty strings; got {name!r}")
-        if isinstance(value, bool) or not isinstance(value, (int, float, str)):
-            raise ValueError(
-                f"Evaluation result {name!r} must be a number or a string (it is written to config.json); "
-                f"got {type(value).__name__}"
-            )
-        clean[name] = value
-    evaluation = {**card_record(model).get("evaluation", {}), **clean}
-    _update_record(model, evaluation=evaluation)
-    return evaluation
-
-
-def record_base_model(
-    model: nn.Module,
-    base_model: str,
-    license: str | None = None,
-    license_name: str | None = None,
-    license_link: str | None = None,
-) -> None:
-    """Record the Hub id of the float model this one was made from (and its license) for the card.
-
-    Conversion records it by itself when the float model was loaded by Hub id (or from the Hub cache); call this
-    when it was loaded from a local folder.
-
-    Args:
-        base_model: Hub repo id such as ``"meta-llama/Llama-2-7b-hf"``.
-        license: the base model's license identifier (``"apache-2.0"``, ``"llama2"``, ``"other"``...).
-        license_name, license_link: what the Hub asks for along with ``license: other``.
-    """
-    try:
-        validate_repo_id(base_model)
-    except HFValidationError as error:
-        raise ValueError(
-            f"base_model must be a Hub repo id such as 'org/name'; got {base_model!r}: {error}"
-        ) from None
-    _update_record(
-        model, base_model=base_model, license=license, license_name=license_name, license_link=license_link
-    )
-
-
-def remember_float_source(model: nn.Module) -> None:
-    """Record where a just-converted model's float weights came from, from ``config._name_or_path``.
-
-    Sets ``base_model`` when that is a Hub id (or a folder of the Hub cache) and the license when the float
-    model's card is on disk (a local folder's ``README.md`` or the cached one). Nothing is downloaded. Fields
-    already recorded are kept.
-    """
-    source = str(getattr(getattr(model, "config", None), "_name_or_path", "") or "")
-    if not source:
-        return
-    base_model, card_path = None, None
-    if os.path.isdir(source):
-        match = _HF_CACHE_SNAPSHOT.search(os.path.abspath(source))
-        base_model = f"{match['owner']}/{match['name']}" if match else None
-        card_path = Path(source, "README.md")
-    elif _is_repo_id(source):
-        base_model = source
-        from huggingface_hub import try_to_load_from_cache
-
-        cached = try_to_load_from_cache(source, "README.md")
-        card_path = Path(cached) if isinstance(cached, str) else None
-    known = card_record(model)
-    fields = {"base_model": base_model, **license_fields(card_path)}
-    _update_record(model, **{key: value for key, value in fields.items() if key not in known})
-
-
-def _is_repo_id(text: str) -> bool:
-    try:
-        validate_repo_id(text)
-    except HFValidationError:
-        return False
-    return True
-
-
-def license_fields(card_path: Path | None) -> dict[str, str]:
-    """The license metadata (:data:`LICENSE_FIELDS`) of the model card at ``card_path``; ``{}`` if none."""
-    if card_path is None or not card_path.is_file():
-        return {}
-    try:
-        card_metadata = metadata_load(card_path) or {}
-    except Exception as error:  # a float model's malformed card must not break its conversion
-        logger.info("Could not read the metadata of %s: %s", card_path, error)
-        return {}
-    return {key: str(card_metadata[key]) for key in LICENSE_FIELDS if card_metadata.get(key)}
-
-
-# --------------------------------------------------------------------------------------------------------------
-# What differs between methods.
-# --------------------------------------------------------------------------------------------------------------
-
-#: A settings-table row: (setting, value).
-Row = tuple[str, str]
-
-
-@dataclass(frozen=True)
-class CardMethod:
-    """What the card of one quantization method says; the rest of the card is shared.
-
-    The callables take the model's quantization config and its :class:`~optimum_binarymos.Footprint`.
-
-    Attributes:
-        quant_method: ``quant_method`` of ``config.json``.
-        config_class: its quantization config class.
-        layer_types: its (latent, packed) layer classes.
-        name: ``"BinaryMoS"`` or ``"ternary"``: default title suffix, commit message.
-        tags: Hub tags every card of the method has.
-        layer_kind: adjective of its layers (``"1-bit"``, ``"ternary"``).
-        converted: past participle of the conversion (``"binarized"``, ``"ternarized"``).
-        float_parts: what stays in the model's float dtype besides the float layers.
-        description: markdown of the method section, before :attr:`note`.
-        size_basis: how the float16 reference is counted, continuing "counting every float tensor in float16".
-        citation: BibTeX of the paper.
-        summary: the method's part of the first sentence ("binarized to 1 bit per weight with ...").
-        note: the paragraph under the description (this checkpoint's variant).
-        settings: rows of the settings table before the converted layers (``head``) and after the float dtype
-            (``tail``).
-    """
-
-    quant_method: str
-    config_class: type
-    layer_types: tuple[type[nn.Module], ...]
-    name: str
-    tags: tuple[str, ...]
-    layer_kind: str
-    converted: str
-    float_parts: str
-    description: str
-    size_basis: str
-    citation: str
-    summary: Callable[[Any, Footprint], str]
-    note: Callable[[Any, Footprint], str]
-    settings: Callable[[Any, Footprint], tuple[list[Row], list[Row]]]
-
-
-def _binarymos_summary(quantization: BinaryMoSConfig, footprint: Footprint) -> str:
-    experts = footprint.num_experts
-    method = (
-        "BinaryMoS with a single scaling expert (the OneBit baseline)"
-        if experts == 1
-        else f"[BinaryMoS](https://arxiv.org/abs/2406.12311) ({experts} scaling experts)"
-    )
-    return f"binarized to 1 bit per weight with {method}"
-
-
-def _binarymos_note(quantization: BinaryMoSConfig, footprint: Footprint) -> str:
-    if footprint.num_experts == 1:
-        return (
-            "This checkpoint uses one scaling expert and no router: the OneBit baseline (static dual scales)."
-        )
-    return f"This checkpoint uses E = {footprint.num_experts} scaling experts per layer."
-
-
-def _binarymos_settings(quantization: BinaryMoSConfig, footprint: Footprint) -> tuple[list[Row], list[Row]]:
-    experts = footprint.num_experts
-    iterations = quantization.svid_iterations
-    head = [
-        ("quantization method", f"`{QUANT_METHOD}`, packed format version {quantization.format_version}"),
-        ("scaling experts (`num_experts`)", f"{experts}" + (" (OneBit)" if experts == 1 else "")),
-    ]
-    tail = [
-        (
-            "scale initialization",
-            "rank-1 SVID of abs(W), "
-            + (f"{iterations} power iterations" if iterations else "exact SVD")
-            + "; then quantization-aware distillation, if any, by its author",
-        )
-    ]
-    return head, tail
-
-
-def _codes(code_packing: str) -> str:
-    """``"2bit"`` -> ``"2-bit codes (4 trits per byte)"``."""
-    per_byte = TRITS_PER_BYTE[code_packing]
-    kind = "2-bit" if code_packing == "2bit" else "base-3"
-    return f"{kind} codes ({per_byte} trits per byte, {8 / per_byte:g} bits per weight)"
-
-
-def _ternary_summary(quantization: TernaryConfig, footprint: Footprint) -> str:
-    return (
-        "ternarized to 1.58 bits per weight (trits -1, 0, +1) with the Dual Learnable Ternarization of "
-        f"[TernaryLLM](https://arxiv.org/abs/2406.07177) (a scale and a shift per group of "
-        f"{footprint.group_size} input columns), stored as {_codes(footprint.code_packing)}"
-    )
-
-
-def _ternary_note(quantization: TernaryConfig, footprint: Footprint) -> str:
-    return (
-        f"This checkpoint uses groups of {footprint.group_size} input columns and stores the trits as "
-        f"{_codes(footprint.code_packing)}; [the ternary format]({_FORMAT_DOC}) specifies the layout for other "
-        "runtimes."
-    )
-
-
-def _ternary_settings(quantization: TernaryConfig, footprint: Footprint) -> tuple[list[Row], list[Row]]:
-    shift = "the group mean" if quantization.shift_init == "mean" else "zero"
-    head = [
-        (
-            "quantization method",
-            f"`{TERNARY_QUANT_METHOD}`, packed ternary format version {quantization.format_version}",
-        ),
-        ("group size (`group_size`)", f"{footprint.group_size} input columns per scale and shift"),
-        ("code packing (`code_packing`)", f"`{footprint.code_packing}`: {_codes(footprint.code_packing)}"),
-    ]
-    tail = [
-        (
-            "scale and shift initialization",
-            f"TWN: shift = {shift}, threshold {quantization.init_threshold:g} x mean abs(W - shift), scale = "
-            "mean abs(W - shift) above it; then quantization-aware training, if any, by its author",
-        )
-    ]
-    return head, tail
-
-
-BINARYMOS_CARD = CardMethod(
-    quant_method=QUANT_METHOD,
-    config_class=BinaryMoSConfig,
-    layer_types=(BinaryMoSLinear, PackedBinaryMoSLinear),
-    name="BinaryMoS",
-    tags=CARD_TAGS,
-    layer_kind="1-bit",
-    converted="binarized",
-    float_parts="scales, router, float layers",
-    description="""\
-[BinaryMoS](https://arxiv.org/abs/2406.12311) (Mixture of Scales) keeps only the sign of every weight of the
-linear layers inside the decoder blocks, 1 bit per weight, and restores their scale with token-adaptive input
-and output scales that a small router mixes from a few scaling experts:
-
-```
-g     = softmax(x @ W_R^T)            # (tokens, E) router
-s_in  = g @ S_in ;  s_out = g @ S_out # token-adaptive scales
-y     = ((x * s_in) @ sign(W)^T) * s_out + bias
-```""",
-    size_basis=" as the BinaryMoS paper does",
-    citation="""\
-@article{jo2024binarymos,
-  title   = {Mixture of Scales: Memory-Efficient Token-Adaptive Binarization for Large Language Models},
-  author  = {Jo, Dongwon and Kim, Taesu and Kim, Yulhwa and Kim, Jae-Joon},
-  journal = {arXiv preprint arXiv:2406.12311},
-  year    = {2024}
-}""",
-    summary=_binarymos_summary,
-    note=_binarymos_note,
-    settings=_binarymos_settings,
-)
-
-TERNARY_CARD = CardMethod(
-    quant_method=TERNARY_QUANT_METHOD,
-    config_class=TernaryConfig,
-    layer_types=(TernaryLinear, PackedTernaryLinear),
-    name="ternary",
-    tags=TERNARY_CARD_TAGS,
-    layer_kind="ternary",
-    converted="ternarized",
-    float_parts="scales, shifts, float layers",
-    description="""\
-[TernaryLLM](https://arxiv.org/abs/2406.07177)'s Dual Learnable Ternarization (DLT) keeps one trit (-1, 0 or +1)
-per weight of the linear layers inside the decoder blocks, 1.58 bits of information, with a learnable scale
-`alpha` and a learnable shift `gamma` for every group of `group_size` consecutive input columns:
-
-```
-T   = clamp(round((W - gamma) / alpha), -1, 1)               # one trit per weight
-W_q = alpha * T + gamma                                      # per group of input columns
-y   = sum_g alpha_g * (x_g @ T_g^T) + gamma_g * sum(x_g) + bias
-```""",
-    size_basis=", scales and shifts included",
-    citation="""\
-@article{chen2024ternaryllm,
-  title   = {TernaryLLM: Ternarized Large Language Model},
-  author  = {Chen, Tianqi and Li, Zhe and Xu, Weixiang and Zhu, Zeyu and Li, Dong and Tian, Lu and
-             Barsoum, Emad and Wang, Peisong and Cheng, Jian},
-  journal = {arXiv preprint arXiv:2406.07177},
-  year    = {2024}
-}""",
-    summary=_ternary_summary,
-    note=_ternary_note,
-    settings=_ternary_settings,
-)
 
 #: ``quant_method`` -> what its cards say.
-CARD_METHODS: dict[str, CardMethod] = {card.quant_method: card for card in (BINARYMOS_CARD, TERNARY_CARD)}
+CARD_METHODS: dict[str, CardMethod] = {method.quant_method: method for method in registered_methods()}
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -481,18 +184,6 @@ def card_method(model: nn.Module) -> tuple[CardMethod, QuantizationConfig]:
             "quantization_config=BinaryMoSConfig()) (or TernaryConfig()) or convert it with convert_model first."
         )
     return method, found
-
-
-def share_as_quantized(model: nn.Module, converted: bool) -> None:
-    """What the quantizers do for every model they return: tag it with its method (transformers'
-    ``model.add_model_tags``, which a plain ``model.push_to_hub`` writes into the repo's card) and, after a
-    conversion (``converted``), record the float model it came from."""
-    if converted:
-        remember_float_source(model)
-    quantization = getattr(getattr(model, "config", None), "quantization_config", None)
-    method = CARD_METHODS.get(getattr(quantization, "quant_method", None))
-    if method is not None and hasattr(model, "add_model_tags"):
-        model.add_model_tags(list(method.tags))
 
 
 def all_tags(model: nn.Module, tags: Iterable[str] | None = None) -> list[str]:

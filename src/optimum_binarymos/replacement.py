@@ -1,6 +1,7 @@
-"""Which modules of a model become quantized (BinaryMoS or ternary) layers, and swapping them in.
+"""Which modules of a model become quantized layers, and swapping modules in: helpers of every method.
 
-The layer-level helpers under :mod:`optimum_binarymos.convert` (model-level conversion) and the quantizers.
+Building one method's layers is the method's job (:mod:`optimum_binarymos.methods`); this module knows nothing of
+configs.
 
 A module is converted when it is an ``nn.Linear`` or a GPT-2 style ``Conv1D`` that lives inside a repeated block
 (an element of an ``nn.ModuleList``: the decoder layers) and no pattern of ``modules_to_not_convert`` matches it.
@@ -16,29 +17,19 @@ import torch
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
-from .config import BinaryMoSConfig
 from .nn.binarymos import BinaryMoSLinear, PackedBinaryMoSLinear
 from .nn.ternary import PackedTernaryLinear, TernaryLinear
-from .ternary_config import TernaryConfig
 
 logger = logging.getLogger(__name__)
 
 #: Modules that are never converted, whatever the user asks.
 ALWAYS_KEPT_IN_FLOAT = ("lm_head",)
 
-#: Trainable layers holding latent float weights, and the inference layers they pack into.
+#: Trainable layers holding latent float weights, and the inference layers they pack into (the layers of the
+#: registered methods; code above the methods asks :mod:`optimum_binarymos.methods.registry` instead).
 LATENT_LAYER_TYPES = (BinaryMoSLinear, TernaryLinear)
 PACKED_LAYER_TYPES = (PackedBinaryMoSLinear, PackedTernaryLinear)
 QUANTIZED_LAYER_TYPES = LATENT_LAYER_TYPES + PACKED_LAYER_TYPES
-
-#: A quantization config of this package.
-QuantizationConfig = BinaryMoSConfig | TernaryConfig
-
-
-def method_name(config: QuantizationConfig) -> str:
-    """Human-readable name of the method a config describes, for messages."""
-    return "ternary" if isinstance(config, TernaryConfig) else "BinaryMoS"
-
 
 def linear_dims(module: nn.Module) -> tuple[int, int, bool]:
     """``(in_features, out_features, has_bias)`` of an ``nn.Linear`` or a ``Conv1D`` (whose weight is ``(in, out)``)."""
@@ -121,38 +112,3 @@ def replace_modules(
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
         setattr(parent, child, build(name, getattr(parent, child)))
-
-
-def skeleton_layer(
-    module: nn.Module, config: QuantizationConfig, packed: bool, dtype: torch.dtype | None = None
-) -> nn.Module:
-    """An uninitialized layer of ``config``'s method shaped like ``module`` on ``module``'s device (meta while
-    loading)."""
-    in_features, out_features, has_bias = linear_dims(module)
-    factory = {"device": module.weight.device, "dtype": dtype or module.weight.dtype}
-    if isinstance(config, TernaryConfig):
-        if packed:
-            layer = PackedTernaryLinear(
-                in_features, out_features, config.group_size, has_bias, config.code_packing, **factory
-            )
-        else:
-            layer = TernaryLinear(in_features, out_features, config.group_size, has_bias, **factory)
-    else:
-        cls = PackedBinaryMoSLinear if packed else BinaryMoSLinear
-        layer = cls(in_features, out_features, config.num_experts, has_bias, **factory)
-    # Conv1D checkpoints store (in, out); the loader transposes them into the (out, in) latent weight.
-    layer.source_is_conv1d = isinstance(module, Conv1D)
-    return layer
-
-
-def latent_from_float(module: nn.Module, config: QuantizationConfig) -> nn.Module:
-    """The trainable layer of ``config``'s method initialized from a float ``nn.Linear`` or ``Conv1D``."""
-    weight = float_weight(module).detach()
-    if isinstance(config, TernaryConfig):
-        layer = TernaryLinear.from_float(
-            weight, module.bias, config.group_size, config.init_threshold, config.shift_init
-        )
-    else:
-        layer = BinaryMoSLinear.from_float(weight, module.bias, config.num_experts, config.svid_iterations)
-    layer.source_is_conv1d = isinstance(module, Conv1D)  # so that dequantizing gives the architecture's type back
-    return layer

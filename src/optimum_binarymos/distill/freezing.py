@@ -8,7 +8,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..nn.binarymos import BinaryMoSLinear, PackedBinaryMoSLinear
+from ..methods import method_for_model
+from ..methods.binarymos import BINARYMOS
 
 logger = logging.getLogger(__name__)
 
@@ -30,14 +31,10 @@ class TrainableCount:
 
 
 def _layer_types(model: nn.Module) -> tuple[type[nn.Module], type[nn.Module]]:
-    """(latent, packed) layer classes of the model's quantization method; BinaryMoS unless its quantizer
-    names others (the ternary method's layers, for instance)."""
-    quantizer = getattr(model, "hf_quantizer", None)
-    latent = getattr(quantizer, "latent_layer_type", None)
-    packed = getattr(quantizer, "packed_layer_type", None)
-    if isinstance(latent, type) and isinstance(packed, type) and latent is not nn.Module:
-        return latent, packed
-    return BinaryMoSLinear, PackedBinaryMoSLinear
+    """(latent, packed) layer classes of the model's quantization method: its quantizer's, else that of its
+    layers, else BinaryMoS's (a float model is asked for BinaryMoS layers in messages)."""
+    method = getattr(getattr(model, "hf_quantizer", None), "method", None) or method_for_model(model) or BINARYMOS
+    return method.layer_types
 
 
 def binarymos_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:

@@ -45,8 +45,8 @@ import transformers
 from transformers import AutoModelForCausalLM, AutoTokenizer, HfArgumentParser, default_data_collator
 
 from ..calibration import DEFAULT_CALIBRATION_TOKENS, MIN_CALIBRATION_TOKENS
-from ..config import BinaryMoSConfig
-from ..ternary_config import TernaryConfig
+from ..methods.binarymos import BinaryMoSConfig
+from ..methods.ternary import TernaryConfig
 from .config import DistillationConfig
 from .data import TokenBlocks, load_text_blocks, text_blocks
 from .trainer import DistillationTrainer

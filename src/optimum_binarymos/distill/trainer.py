@@ -27,7 +27,7 @@ from transformers import Trainer
 from transformers.trainer_callback import ProgressCallback
 
 from ..hub import write_model_card
-from ..quantizer import PackingHfQuantizer, latent_saving
+from ..methods.lifecycle import PackingHfQuantizer, latent_saving
 from .config import DistillationConfig
 from .freezing import (
     TrainableCount,
