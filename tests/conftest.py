@@ -29,18 +29,36 @@ if EXAMPLES not in sys.path:
 
 VOCAB = 96
 
+
+
+def tiny_llama_config(**overrides) -> transformers.LlamaConfig:
+    """The tests' LLaMA shape (hidden 64, 2 blocks, grouped-query attention, untied head), with ``overrides``."""
+    settings = {
+        "vocab_size": VOCAB,
+        "hidden_size": 64,
+        "intermediate_size": 88,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "tie_word_embeddings": False,
+    }
+    return transformers.LlamaConfig(**{**settings, **overrides})
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread for the module: tiny models spend their time in thread hand-offs on a shared machine.
+    Modules ask for it with ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 # name -> (config factory, dotted suffixes of the linears expected inside each decoder block)
 ARCHITECTURES = {
     "llama": (
-        lambda: transformers.LlamaConfig(
-            vocab_size=VOCAB,
-            hidden_size=64,
-            intermediate_size=88,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            tie_word_embeddings=False,
-        ),
+        tiny_llama_config,
         [
             "self_attn.q_proj",
             "self_attn.k_proj",

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 import transformers
-from conftest import make_float_model
+from conftest import make_float_model, tiny_llama_config
 from safetensors import safe_open
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import AutoModelForCausalLM, HfArgumentParser, PreTrainedTokenizerFast, TrainerCallback
@@ -41,13 +41,7 @@ CHECKPOINTING = (
 )
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Tiny models spend their time in thread hand-offs: one thread is several times faster on a shared machine.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_pair(num_experts: int = 4, seed: int = 0):
@@ -412,15 +406,7 @@ def test_60_steps_lower_held_out_kl_by_at_least_20_percent(tmp_path):
         return tokens
 
     torch.manual_seed(0)
-    config = transformers.LlamaConfig(
-        vocab_size=vocab,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        tie_word_embeddings=False,
-    )
+    config = tiny_llama_config(vocab_size=vocab, intermediate_size=128)
     teacher = AutoModelForCausalLM.from_config(config).eval()
     with torch.no_grad():
         teacher.lm_head.weight.mul_(10.0)  # peaked, context-dependent teacher distributions, not near-uniform

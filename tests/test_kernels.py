@@ -22,7 +22,7 @@ import warnings
 
 import pytest
 import torch
-import transformers
+from conftest import tiny_llama_config
 from transformers import AutoModelForCausalLM
 
 import optimum_binarymos
@@ -208,15 +208,7 @@ def test_dispatcher_sends_few_tokens_to_gemv_and_many_to_gemm(triton_linear, mon
 def tiny_packed_llama(num_experts: int) -> torch.nn.Module:
     """A one-block random LLaMA (hidden 64), converted with ``num_experts`` experts and packed."""
     torch.manual_seed(0)
-    config = transformers.LlamaConfig(
-        vocab_size=64,
-        hidden_size=64,
-        intermediate_size=88,
-        num_hidden_layers=1,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        tie_word_embeddings=False,
-    )
+    config = tiny_llama_config(vocab_size=64, num_hidden_layers=1)
     model = AutoModelForCausalLM.from_config(config).eval()
     optimum_binarymos.convert_model(model, BinaryMoSConfig(num_experts=num_experts))
     return optimum_binarymos.pack_model(model)

@@ -10,8 +10,7 @@ import json
 
 import pytest
 import torch
-import transformers
-from conftest import make_float_model
+from conftest import make_float_model, tiny_llama_config
 from safetensors import safe_open
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
@@ -152,14 +151,8 @@ def test_the_card_names_the_method(method, config):
     ids=["binarymos-E4", "ternary-2bit", "ternary-base3"],
 )
 def test_a_linear_heavy_llama_packs_many_times_smaller_than_float16(quantization, smallest_ratio, tmp_path):
-    config = transformers.LlamaConfig(
-        vocab_size=320,
-        hidden_size=1024,
-        intermediate_size=2816,
-        num_hidden_layers=2,
-        num_attention_heads=16,
-        num_key_value_heads=16,
-        tie_word_embeddings=False,
+    config = tiny_llama_config(
+        vocab_size=320, hidden_size=1024, intermediate_size=2816, num_attention_heads=16, num_key_value_heads=16
     )
     torch.manual_seed(0)
     AutoModelForCausalLM.from_config(config).to(torch.float16).save_pretrained(tmp_path / "fp16")

@@ -33,13 +33,7 @@ from optimum_binarymos.packing import (
 FORMAT_DOC = Path(__file__).resolve().parents[1] / "docs" / "FORMAT_TERNARY.md"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Tiny models spend their time in thread hand-offs: one thread is faster on a shared machine.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # ----------------------------------------------------------------------------------------------------- rounding

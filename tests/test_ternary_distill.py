@@ -6,7 +6,7 @@ import copy
 
 import pytest
 import torch
-import transformers
+from conftest import tiny_llama_config
 from transformers import AutoModelForCausalLM
 
 import optimum_binarymos.ternary_quantizer  # noqa: F401  registers "binarymos_ternary" with transformers
@@ -17,13 +17,7 @@ from optimum_binarymos.nn.ternary import TernaryLinear
 VOCAB = 96
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Tiny models spend their time in thread hand-offs: one thread is faster on a shared machine.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def markov_blocks(successors: torch.Tensor, count: int, length: int, seed: int) -> torch.Tensor:
@@ -51,15 +45,7 @@ def train_only_ternary_layers(model: torch.nn.Module) -> int:
 def test_40_off_distillation_steps_lower_held_out_kl_by_at_least_10_percent(tmp_path):
     successors = torch.randint(0, VOCAB, (VOCAB, 3), generator=torch.Generator().manual_seed(123))
     torch.manual_seed(0)
-    config = transformers.LlamaConfig(
-        vocab_size=VOCAB,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        tie_word_embeddings=False,
-    )
+    config = tiny_llama_config(intermediate_size=128)
     teacher = AutoModelForCausalLM.from_config(config).eval()
     with torch.no_grad():
         teacher.lm_head.weight.mul_(10.0)  # peaked, context-dependent teacher distributions, not near-uniform
