@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from optimum_binarymos import BinaryMoSLinear, PackedBinaryMoSLinear
+from optimum_binarymos import BinaryMoSConfig, BinaryMoSLinear, PackedBinaryMoSLinear, TernaryConfig
 from optimum_binarymos.nn import binarize_ste, svid_rank1
 
 
@@ -127,3 +127,19 @@ def test_half_precision_layers_run():
 def test_invalid_number_of_experts():
     with pytest.raises(ValueError, match="num_experts must be >= 1"):
         BinaryMoSLinear(4, 4, num_experts=0)
+
+
+@pytest.mark.reliability
+@pytest.mark.parametrize("method", ["binarymos", "ternary"])
+@pytest.mark.parametrize("packed", [False, True], ids=["latent", "packed"])
+@pytest.mark.parametrize("dtype", [torch.int64, torch.int32, torch.bool])
+def test_integer_activations_are_refused_naming_the_layer(method, packed, dtype):
+    from optimum_binarymos.methods import method_for_quant_method
+
+    config = BinaryMoSConfig(num_experts=2) if method == "binarymos" else TernaryConfig(group_size=16)
+    spec = method_for_quant_method(config.quant_method)
+    layer = spec.from_float(torch.randn(8, 32), None, config)
+    if packed:
+        layer = spec.pack(layer, config)
+    with pytest.raises(TypeError, match=rf"{type(layer).__name__} takes float activations.*{dtype}"):
+        layer(torch.ones(2, 32, dtype=dtype))

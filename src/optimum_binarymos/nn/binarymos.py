@@ -25,6 +25,7 @@ from ..kernels import binarymos_linear
 from ..kernels.dispatch import KernelBackendMixin
 from ..packing import PACKED_DTYPE, pack_signs, packed_columns, unpack_signs
 from ..recompute import linear_recomputing_weight
+from .inputs import require_float_input
 from .ste import binarize_ste
 from .svid import DEFAULT_SVID_ITERATIONS, svid_rank1
 
@@ -97,6 +98,7 @@ class _MixtureOfScalesMixin(nn.Module):
         return make_signs(*inputs)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        require_float_input(x, self)
         scale_in, scale_out = self.token_scales(x)
         # Scales may be stored in a narrower dtype than the activations; compute in the activations' dtype.
         scaled = x * scale_in.to(x.dtype)
@@ -232,6 +234,7 @@ class PackedBinaryMoSLinear(KernelBackendMixin, _MixtureOfScalesMixin):
         The kernels have no backward, so when autograd has to flow through the layer (adapters trained on top,
         or scales left trainable) the differentiable reference path runs instead.
         """
+        require_float_input(x, self)
         if torch.is_grad_enabled() and (
             x.requires_grad or any(param.requires_grad for param in self.parameters(recurse=False))
         ):

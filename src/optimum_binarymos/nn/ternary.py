@@ -35,6 +35,7 @@ from ..packing import (
     unpack_ternary,
 )
 from ..recompute import linear_recomputing_weight
+from .inputs import require_float_input
 
 #: Default number of input columns per group.
 DEFAULT_GROUP_SIZE = 128
@@ -250,6 +251,7 @@ class TernaryLinear(_GroupedTernaryMixin):
         return ternarize(self.weight, self.weight_scale, self.weight_shift, self.group_size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        require_float_input(x, self)
         # The dense W_q is made again in backward rather than kept from forward to backward.
         make_weight = partial(_ternarized_weight, group_size=self.group_size, dtype=x.dtype)
         y = linear_recomputing_weight(x, make_weight, self.weight, self.weight_scale, self.weight_shift)
@@ -322,6 +324,7 @@ class PackedTernaryLinear(KernelBackendMixin, _GroupedTernaryMixin):
         return values.flatten(1)[:, : self.in_features].to(self.compute_dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        require_float_input(x, self)
         y = ternary_matmul(
             x,
             self.weight,
