@@ -461,3 +461,62 @@ def test_card_text_from_a_config_file_stays_inert():
     assert "mlp\\`\\| # Injected &lt;img src=x onerror=alert(1)&gt;" in kept
     evaluation = next(line for line in card.splitlines() if "Fake section" in line)
     assert evaluation == "| ppl \\| &lt;b&gt; | 1 \\| ## Fake section |"
+
+
+SILENT_HUB_PUSH = """
+    import json, sys, time
+    import torch
+    from conftest import make_float_model
+    from optimum_binarymos import BinaryMoSConfig, convert_model, push_to_hub
+
+    model = convert_model(make_float_model("llama"), BinaryMoSConfig(num_experts=2))
+    start = time.monotonic()
+    try:
+        push_to_hub(model, "user/never-answered", timeout=float(sys.argv[1]))
+        outcome = {"error": None}
+    except Exception as error:
+        outcome = {"error": type(error).__name__, "message": str(error)}
+    outcome["seconds"] = time.monotonic() - start
+    print(json.dumps(outcome))
+"""
+
+
+@pytest.mark.reliability
+def test_a_hub_that_never_answers_stops_the_push_after_the_timeout(tmp_path):
+    """A server that accepts connections and sends nothing: the push raises TimeoutError instead of waiting."""
+    import socket
+    import threading
+
+    server = socket.create_server(("127.0.0.1", 0))
+    accepted = []
+
+    def accept_and_stay_silent():
+        while True:
+            try:
+                connection, _ = server.accept()
+            except OSError:
+                return
+            accepted.append(connection)
+
+    threading.Thread(target=accept_and_stay_silent, daemon=True).start()
+    env = {
+        **os.environ,
+        "HF_ENDPOINT": f"http://127.0.0.1:{server.getsockname()[1]}",
+        "HF_HOME": str(tmp_path / "hf-home"),
+        "HF_HUB_OFFLINE": "0",
+        "HF_TOKEN": "hf_silent",
+        "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")]),
+    }
+    try:
+        result = subprocess.run(
+            [sys.executable, "-c", textwrap.dedent(SILENT_HUB_PUSH), "2"],
+            capture_output=True, text=True, env=env, timeout=120,
+        )  # fmt: skip
+    finally:
+        server.close()
+        for connection in accepted:
+            connection.close()
+    outcome = json.loads(result.stdout.strip().splitlines()[-1])
+    assert outcome["error"] == "TimeoutError", result.stderr[-3000:]
+    assert "did not answer for 2 s" in outcome["message"]
+    assert outcome["seconds"] < 30 and accepted  # it did connect, and gave up soon after

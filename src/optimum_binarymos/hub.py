@@ -57,9 +57,11 @@ __all__ = [
     "CARD_MARKER",
     "CARD_RECORD_KEY",
     "CARD_TAGS",
+    "DEFAULT_HUB_TIMEOUT",
     "LICENSE_FIELDS",
     "TERNARY_CARD_TAGS",
     "card_record",
+    "hub_timeout",
     "push_to_hub",
     "record_base_model",
     "record_evaluation",
@@ -70,6 +72,9 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
+
+#: Seconds a push waits for the Hub to connect, or to send the next bytes of an answer, before giving up.
+DEFAULT_HUB_TIMEOUT = 60.0
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -102,7 +107,7 @@ def save_pretrained(model: nn.Module, save_directory: str | os.PathLike, *args, 
     leaves a half-written model over an older one, and removes the older save's weight files it did not replace.
 
     Takes every argument of transformers' ``save_pretrained``; with ``push_to_hub=True`` the saved files and the
-    card are uploaded to ``repo_id`` (default: the folder's name).
+    card are uploaded to ``repo_id`` (default: the folder's name), with :func:`push_to_hub`'s ``timeout``.
 
     Example::
 
@@ -114,7 +119,7 @@ def save_pretrained(model: nn.Module, save_directory: str | os.PathLike, *args, 
     is_main_process = kwargs.get("is_main_process", args[0] if args else True)
     hub_kwargs = {
         name: kwargs.pop(name)
-        for name in ("repo_id", "commit_message", "create_pr", "private")
+        for name in ("repo_id", "commit_message", "create_pr", "private", "timeout")
         if name in kwargs
     }
     if not is_main_process:  # other ranks write nothing
@@ -131,20 +136,21 @@ def save_pretrained(model: nn.Module, save_directory: str | os.PathLike, *args, 
         return
     api = _api()
     token = kwargs.get("token")
-    repo_id = hub_kwargs.get("repo_id") or Path(save_directory).name
-    repo_id = api.create_repo(repo_id, private=hub_kwargs.get("private"), token=token, exist_ok=True).repo_id
-    extra = _license_from_base_model(model, token)
-    write_model_card(model, save_directory, model_id=repo_id, extra_metadata=extra)
-    changed = [name for name, stamp in _timestamps(save_directory).items() if before.get(name) != stamp]
-    _commit_files(
-        api,
-        Path(save_directory),
-        changed,
-        repo_id,
-        commit_message=hub_kwargs.get("commit_message") or _default_commit_message(model),
-        token=token,
-        create_pr=hub_kwargs.get("create_pr", False),
-    )
+    with hub_timeout(hub_kwargs.get("timeout", DEFAULT_HUB_TIMEOUT)):
+        repo_id = hub_kwargs.get("repo_id") or Path(save_directory).name
+        repo_id = api.create_repo(repo_id, private=hub_kwargs.get("private"), token=token, exist_ok=True).repo_id
+        extra = _license_from_base_model(model, token)
+        write_model_card(model, save_directory, model_id=repo_id, extra_metadata=extra)
+        changed = [name for name, stamp in _timestamps(save_directory).items() if before.get(name) != stamp]
+        _commit_files(
+            api,
+            Path(save_directory),
+            changed,
+            repo_id,
+            commit_message=hub_kwargs.get("commit_message") or _default_commit_message(model),
+            token=token,
+            create_pr=hub_kwargs.get("create_pr", False),
+        )
 
 
 def push_to_hub(
@@ -159,11 +165,14 @@ def push_to_hub(
     create_pr: bool = False,
     max_shard_size: int | str | None = "50GB",
     tags: list[str] | None = None,
+    timeout: float | None = DEFAULT_HUB_TIMEOUT,
 ):
     """Upload a BinaryMoS or ternary model (packed safetensors, ``config.json``) and its model card to the Hub.
 
     Same arguments and result (a ``CommitInfo``) as transformers' ``model.push_to_hub``, plus the card: it
-    replaces a card generated earlier; a hand-written one on the Hub is kept and only gets the tags.
+    replaces a card generated earlier; a hand-written one on the Hub is kept and only gets the tags. ``timeout``:
+    seconds to wait for the Hub to connect or to send the next bytes of an answer (:data:`DEFAULT_HUB_TIMEOUT`;
+    ``None`` waits forever); a Hub that goes silent raises ``TimeoutError`` instead of hanging.
 
     Example::
 
@@ -171,6 +180,13 @@ def push_to_hub(
 
         push_to_hub(model, "your-name/smollm2-binarymos")
     """
+    with hub_timeout(timeout):
+        return _push(model, repo_id, commit_message, commit_description, private, token, revision, create_pr,
+                     max_shard_size, tags)  # fmt: skip
+
+
+def _push(model, repo_id, commit_message, commit_description, private, token, revision, create_pr, max_shard_size,
+          tags):  # fmt: skip
     api = _api()
     repo_id = api.create_repo(repo_id, private=private, token=token, exist_ok=True).repo_id
     remote_card = _hand_written_remote_card(repo_id, revision, token)
@@ -200,6 +216,34 @@ def push_to_hub(
             revision=revision,
             create_pr=create_pr,
         )
+
+
+@contextlib.contextmanager
+def hub_timeout(seconds: float | None) -> Iterator[None]:
+    """Inside this block, requests to the Hub (huggingface_hub's shared session) give up after ``seconds`` of
+    silence and raise ``TimeoutError`` saying what was and was not uploaded. ``None`` changes nothing.
+
+    The session is shared by the process: other threads' Hub requests get the same timeout meanwhile.
+    """
+    if seconds is None:
+        yield
+        return
+    import httpx2
+    from huggingface_hub import get_session
+
+    session = get_session()
+    previous = session.timeout
+    session.timeout = seconds
+    try:
+        yield
+    except httpx2.TimeoutException as error:
+        raise TimeoutError(
+            f"The Hub did not answer for {seconds:g} s ({type(error).__name__}); the push stopped. A commit is "
+            "all or nothing: the repository holds either the whole new model or none of it. Try again, or pass "
+            "a larger timeout."
+        ) from error
+    finally:
+        session.timeout = previous
 
 
 def _default_commit_message(model: nn.Module) -> str:
