@@ -67,6 +67,9 @@ class FakeHub:
         self.unknown_requests: list[str] = []
         # (repo_id, path) -> HTTP status that every download of that file gets (a Hub in trouble).
         self.failing_files: dict[tuple[str, str], int] = {}
+        # (route name, repo_id) -> HTTP status every such request gets, or "drop": the connection is closed without
+        # an answer. Route names are those of _Handler.ROUTES ("create_repo", "commit", "preupload", ...).
+        self.failing_routes: dict[tuple[str, str], int | str] = {}
         self.lock = threading.Lock()
         self._server: ThreadingHTTPServer | None = None
         self._counter = 0
@@ -194,7 +197,13 @@ class _Handler(BaseHTTPRequestHandler):
                 params = {
                     key: unquote(value) for key, value in match.groupdict().items() if value is not None
                 }
+                failure = self.state.failing_routes.get((name, self._target_repo(params)))
+                if failure == "drop":
+                    self.close_connection = True  # no status line, no body: the client sees a dropped connection
+                    return
                 try:
+                    if failure is not None:
+                        raise HttpError(failure, f"The test hub fails {name} with {failure}")
                     if name in _WRITES and not self.headers.get("Authorization"):
                         raise HttpError(401, "Invalid credentials in Authorization header")
                     getattr(self, name)(method=method, **params)
@@ -203,6 +212,17 @@ class _Handler(BaseHTTPRequestHandler):
                 return
         self.state.unknown_requests.append(f"{method} {self.path}")
         self._send_json({"error": f"Not implemented by the test hub: {method} {url.path}"}, 404)
+
+    def _target_repo(self, params: dict[str, str]) -> str | None:
+        if "repo" in params:
+            return params["repo"]
+        try:
+            payload = json.loads(self.body or b"{}")
+        except ValueError:
+            return None
+        if isinstance(payload, dict) and "name" in payload:  # create_repo
+            return f"{payload.get('organization') or DEFAULT_NAMESPACE}/{payload['name']}"
+        return None
 
     def _send(self, status: int, body: bytes, headers: dict[str, str] | None = None) -> None:
         self.send_response(status)

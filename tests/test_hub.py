@@ -520,3 +520,47 @@ def test_a_hub_that_never_answers_stops_the_push_after_the_timeout(tmp_path):
     assert outcome["error"] == "TimeoutError", result.stderr[-3000:]
     assert "did not answer for 2 s" in outcome["message"]
     assert outcome["seconds"] < 30 and accepted  # it did connect, and gave up soon after
+
+
+HUB_IN_TROUBLE = """
+    import json, sys
+    from conftest import make_float_model
+    from optimum_binarymos import BinaryMoSConfig, convert_model, push_to_hub
+
+    model = convert_model(make_float_model("llama"), BinaryMoSConfig(num_experts=2))
+    outcomes = {}
+    for repo in sys.argv[1:]:
+        try:
+            push_to_hub(model, repo)
+            outcomes[repo] = None
+        except Exception as error:
+            outcomes[repo] = f"{type(error).__name__}: {error}"
+    print(json.dumps(outcomes))
+"""
+
+TROUBLES = {
+    "user/token-refused": (("create_repo", 401), "401"),
+    "user/commit-refused": (("commit", 401), "401"),
+    "user/rate-limited": (("commit", 429), "429"),
+    "user/connection-dropped": (("commit", "drop"), "disconnected"),
+}
+
+
+@pytest.mark.reliability
+def test_a_hub_in_trouble_makes_the_push_fail_loudly_and_commit_nothing(hub, tmp_path):
+    """401 (a token the Hub refuses), 429 (rate limited) and a dropped connection: an error that names the
+    cause, and no commit, so a repo never holds half a model."""
+    for repo, ((route, failure), _) in TROUBLES.items():
+        if route != "create_repo":
+            hub.create_repo(repo)
+        hub.failing_routes[(route, repo)] = failure
+    before = {repo: hub.history(repo) for repo in TROUBLES if repo in hub.repos}
+    env = hub_env(hub, tmp_path / "hf-home")
+    env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).parent), env.get("PYTHONPATH", "")])
+    outcomes = last_json(finish(start_python(HUB_IN_TROUBLE, env, *TROUBLES)))
+    for repo, (_, expected) in TROUBLES.items():
+        assert outcomes[repo] is not None and expected in outcomes[repo].lower(), (repo, outcomes[repo])
+        if repo in before:
+            assert hub.history(repo) == before[repo], repo  # nothing committed
+        else:
+            assert repo not in hub.repos
