@@ -231,3 +231,79 @@ def test_the_library_runs_no_package_manager_and_holds_no_demo_asset() -> None:
         source = file.read_text(encoding="utf-8")
         assert not asset_import.search(source), f"{file} imports the demo's asset fetching"
         assert not package_manager.search(source), f"{file} names a package manager command"
+
+
+def write_tiny_llama_gguf(path: Path) -> dict:
+    """A 2-block LLaMA GGUF file with a byte-pair tokenizer, written with the gguf package; returns its raw
+    float32 tensors by GGUF name."""
+    import numpy as np
+    from gguf import GGUFWriter
+
+    hidden, intermediate, heads, kv_heads = 64, 96, 4, 2
+    tokens = ["<s>", "</s>", "<unk>", *"abcdefghijklmnopqrstuvwxyz", "ab", "abc"]
+    writer = GGUFWriter(str(path), "llama")
+    writer.add_context_length(128)
+    writer.add_embedding_length(hidden)
+    writer.add_block_count(2)
+    writer.add_feed_forward_length(intermediate)
+    writer.add_head_count(heads)
+    writer.add_head_count_kv(kv_heads)
+    writer.add_layer_norm_rms_eps(1e-5)
+    writer.add_rope_freq_base(10000.0)
+    writer.add_rope_dimension_count(hidden // heads)
+    writer.add_file_type(0)  # all float32
+    writer.add_tokenizer_model("gpt2")
+    writer.add_tokenizer_pre("default")
+    writer.add_token_list(tokens)
+    writer.add_token_types([1] * len(tokens))
+    writer.add_token_merges(["a b", "ab c"])
+    writer.add_bos_token_id(0)
+    writer.add_eos_token_id(1)
+    generator = np.random.default_rng(0)
+    kv = kv_heads * hidden // heads
+    shapes = {"token_embd.weight": (len(tokens), hidden), "output_norm.weight": (hidden,), "output.weight": (len(tokens), hidden)}
+    for block in range(2):
+        shapes.update({
+            f"blk.{block}.attn_norm.weight": (hidden,), f"blk.{block}.ffn_norm.weight": (hidden,),
+            f"blk.{block}.attn_q.weight": (hidden, hidden), f"blk.{block}.attn_k.weight": (kv, hidden),
+            f"blk.{block}.attn_v.weight": (kv, hidden), f"blk.{block}.attn_output.weight": (hidden, hidden),
+            f"blk.{block}.ffn_gate.weight": (intermediate, hidden), f"blk.{block}.ffn_up.weight": (intermediate, hidden),
+            f"blk.{block}.ffn_down.weight": (hidden, intermediate),
+        })  # fmt: skip
+    raw = {name: (0.05 * generator.standard_normal(shape)).astype(np.float32) for name, shape in shapes.items()}
+    for name, values in raw.items():
+        writer.add_tensor(name, values)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return raw
+
+
+def test_a_gguf_file_becomes_a_plain_bfloat16_folder_of_the_same_model(tmp_path: Path) -> None:
+    """The conversion that feeds the demo, on a GGUF file written here: the folder loads without the GGUF
+    reader, holds the file's tensors rounded to bfloat16, computes what transformers' GGUF loader computes, and
+    its tokenizer applies the file's merges."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    raw = write_tiny_llama_gguf(tmp_path / "tiny.gguf")
+    smollm2._convert_gguf_to_plain_folder(tmp_path / "tiny.gguf", tmp_path / "plain")
+
+    assert smollm2.is_complete_model_folder(tmp_path / "plain")
+    plain = AutoModelForCausalLM.from_pretrained(tmp_path / "plain")
+    assert plain.dtype == torch.bfloat16 and plain.config.num_hidden_layers == 2
+    bf16 = lambda name: torch.from_numpy(raw[name]).to(torch.bfloat16)  # noqa: E731
+    assert torch.equal(plain.model.embed_tokens.weight, bf16("token_embd.weight"))
+    assert torch.equal(plain.model.layers[1].mlp.down_proj.weight, bf16("blk.1.ffn_down.weight"))
+    assert torch.equal(plain.lm_head.weight, bf16("output.weight"))
+
+    # transformers' own GGUF loader (which un-permutes q and k) rounded to bfloat16: the same model exactly.
+    gguf_model = AutoModelForCausalLM.from_pretrained(tmp_path, gguf_file="tiny.gguf")
+    reference = AutoModelForCausalLM.from_config(plain.config, dtype=torch.float32)
+    reference.load_state_dict({name: value.to(torch.bfloat16).float() for name, value in gguf_model.state_dict().items()})
+    tokens = torch.tensor([[0, 3, 4, 29, 30, 5]])
+    with torch.no_grad():
+        torch.testing.assert_close(plain.float()(tokens).logits, reference(tokens).logits, rtol=0, atol=0)
+    tokenizer = AutoTokenizer.from_pretrained(tmp_path / "plain")
+    assert tokenizer("abc", add_special_tokens=False)["input_ids"] == [30]  # "a b", then "ab c"
