@@ -45,6 +45,7 @@ import torch.nn.functional as F
 from optimum_binarymos import PackedBinaryMoSLinear
 from optimum_binarymos.kernels import binarymos_linear
 from optimum_binarymos.kernels.dispatch import BACKEND_VARIABLE
+from optimum_binarymos.packing import unpack_signs
 
 TOKENS = [1, 2, 4, 8, 16, 32, 64, 128, 256, 1024]
 #: (in_features K, out_features N) of LLaMA-2-7B's linears: attention, MLP up/gate, MLP down.
@@ -68,7 +69,13 @@ CSV_FIELDS = [
     "speedup",
     "gbps",
     "peak_fraction",
+    "max_error",
 ]
+
+#: Largest error allowed against the float32 reference, in units of the activation dtype's epsilon relative to the
+#: reference's largest output: the kernels accumulate in float32, so what is left is the rounding of the inputs'
+#: products and of the output to the activation dtype.
+ERROR_BUDGET_EPS = 16
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -197,6 +204,38 @@ def calls(
 
 
 @torch.no_grad()
+def reference_output(layer: PackedBinaryMoSLinear, x: torch.Tensor) -> torch.Tensor:
+    """``((x * s_in) @ sign(W)^T) * s_out`` in float32 from the unpacked signs, without any kernel."""
+    signs = unpack_signs(layer.weight, layer.in_features, dtype=torch.float32)
+    gates = layer.router_gates(x)
+    scale_in, scale_out = layer.scale_in.float(), layer.scale_out.float()
+    if gates is not None:
+        scale_in, scale_out = gates.float() @ scale_in, gates.float() @ scale_out
+    return ((x.float() * scale_in) @ signs.t()) * scale_out
+
+
+def check_outputs(x: torch.Tensor, layer: PackedBinaryMoSLinear, variants: dict) -> dict[str, float]:
+    """Each packed variant's output on ``layer`` against :func:`reference_output`: the largest error relative to
+    the largest reference value. Raises when one exceeds :data:`ERROR_BUDGET_EPS` epsilons of ``x``'s dtype, so
+    that no timing of a wrong kernel is ever recorded."""
+    expected = reference_output(layer, x)
+    scale = expected.abs().max().clamp_min(torch.finfo(torch.float32).tiny)
+    budget = ERROR_BUDGET_EPS * torch.finfo(x.dtype).eps
+    errors = {}
+    for name, (_, run) in variants.items():
+        if name == "dense":
+            continue
+        output = run()[0].float()
+        errors[name] = ((output - expected).abs().max() / scale).item()
+        if not errors[name] <= budget:
+            raise AssertionError(
+                f"{name} computes a wrong result on {tuple(x.shape)} x {tuple(layer.weight.shape)}: max error "
+                f"{errors[name]:.2e} of the largest output, more than {budget:.2e}"
+            )
+    return errors
+
+
+@torch.no_grad()
 def measure(args: argparse.Namespace) -> list[dict]:
     device = torch.device(args.device)
     bench = timer(device, args.timing)
@@ -218,6 +257,7 @@ def measure(args: argparse.Namespace) -> list[dict]:
             for m in args.tokens:
                 x = torch.randn(m, k, dtype=dtype, device=device)
                 variants = calls(x, layers, dense_weights, args.strategies)
+                errors = check_outputs(x, layers[0], variants)
                 timings = {name: bench(run) / count for name, (count, run) in variants.items()}
                 for name, ms in timings.items():
                     size = moved_bytes(m, k, n, args.num_experts, x.element_size(), packed=name != "dense")
@@ -237,6 +277,7 @@ def measure(args: argparse.Namespace) -> list[dict]:
                             "speedup": round(timings["dense"] / ms, 3),
                             "gbps": round(gbps, 1),
                             "peak_fraction": round(gbps / peak, 3) if peak else "",
+                            "max_error": f"{errors[name]:.2e}" if name in errors else "",
                         }
                     )
                     print(records[-1], flush=True)

@@ -37,5 +37,8 @@ def test_gpu_kernel_benchmark_smoke_run_writes_every_variant(tmp_path):
     assert {(row["M"], row["variant"]) for row in rows} == {(m, v) for m in ("1", "12") for v in variants}
     for row in rows:
         assert row["timing"] == "wall clock" and float(row["ms"]) > 0
+        # Every packed variant was checked against a float32 reference before it was timed.
+        assert (row["max_error"] == "") == (row["variant"] == "dense")
+        assert row["variant"] == "dense" or float(row["max_error"]) < 16 * 2**-10
         assert float(row["speedup"]) == pytest.approx(float(row["dense_ms"]) / float(row["ms"]), abs=1e-3)
     assert (tmp_path / table.name.replace(".csv", ".md")).read_text().count("| 72 x 40 |") == len(rows)
