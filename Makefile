@@ -3,6 +3,7 @@ SHELL := /bin/bash
 #   .venv         `make venv`: the exact versions of requirements-cpu.txt (what `make test`, `make demo` and CI use)
 #   .venv-latest  `make test-latest`: the newest versions pyproject.toml allows (drift check, not part of CI)
 #   .venv-lock    `make lock`: pip-tools, to regenerate requirements-cpu.txt
+#   .venv-peers   `make bench-peers`: llama-cpp-python built from its pinned sdist, for benchmarks/peers_cpu.py only
 PYTHON ?= python3
 VENV ?= .venv
 VENV_PY := $(VENV)/bin/python
@@ -17,7 +18,18 @@ EXTRAS := test,demo,bench
 PYTEST_ARGS ?=
 DEMO_ARGS ?=
 
-.PHONY: venv test demo lint lock test-latest clean distclean
+PEERS_VENV ?= .venv-peers
+PEERS_REQUIREMENTS := benchmarks/requirements-peers.txt
+# llama.cpp build options: the x86-64 instruction sets up to AVX-512 (VNNI, BF16) named one by one, AMX off. On a
+# Xeon with AMX, -DGGML_NATIVE=ON builds the AMX matmul, which crashed every multi-token batch (prefill) with a
+# segfault in ggml_backend_amx_mul_mat, with or without llamafile and weight repacking; one-token decode worked.
+# On a CPU without AVX-512 set PEERS_CMAKE_ARGS=-DGGML_NATIVE=ON.
+PEERS_CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON \
+	-DGGML_AVX512=ON -DGGML_AVX512_VBMI=ON -DGGML_AVX512_VNNI=ON -DGGML_AVX512_BF16=ON -DGGML_AVX_VNNI=ON \
+	-DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF
+PEERS_ARGS ?= --output benchmarks/results/peers_cpu-cpu.md --plot docs/peers_cpu.png
+
+.PHONY: venv test demo lint lock test-latest bench-peers clean distclean
 
 venv: $(VENV_STAMP)
 
@@ -48,6 +60,24 @@ demo: venv
 lint: venv
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/lint-imports
+
+# The CPU peer benchmark: packed models against llama.cpp on the demo's GGUF (about 4 minutes to build the peer
+# on 2 cores, the first time and whenever PEERS_CMAKE_ARGS change; the benchmark itself about 5 minutes).
+bench-peers: venv $(PEERS_VENV)/.installed
+	$(VENV_PY) benchmarks/peers_cpu.py --peer-python $(PEERS_VENV)/bin/python $(PEERS_ARGS)
+
+# Rebuilt when the requirements change or the recorded build flags differ from PEERS_CMAKE_ARGS.
+ifneq ($(shell cat $(PEERS_VENV)/build-flags.txt 2>/dev/null),CMAKE_ARGS=$(PEERS_CMAKE_ARGS))
+.PHONY: $(PEERS_VENV)/.installed
+endif
+$(PEERS_VENV)/.installed: $(PEERS_REQUIREMENTS)
+	$(PYTHON) -m venv --clear $(PEERS_VENV)
+	grep -v '^llama-cpp-python' $(PEERS_REQUIREMENTS) > $(PEERS_VENV)/dependencies.txt
+	$(PEERS_VENV)/bin/python -m pip install -r $(PEERS_VENV)/dependencies.txt
+	CMAKE_ARGS="$(PEERS_CMAKE_ARGS)" $(PEERS_VENV)/bin/python -m pip install --no-cache-dir --no-build-isolation \
+		--no-deps $$(grep '^llama-cpp-python==' $(PEERS_REQUIREMENTS))
+	echo "CMAKE_ARGS=$(PEERS_CMAKE_ARGS)" > $(PEERS_VENV)/build-flags.txt
+	touch $@
 
 # Regenerate the lock after changing dependencies in pyproject.toml or requirements-cpu.in (and now and then
 # to take upstream fixes): resolves the newest versions the metadata allows, with every file's hash.
@@ -84,4 +114,4 @@ clean:
 	find . -path ./$(VENV) -prune -o -name __pycache__ -type d -prune -exec rm -rf {} +
 
 distclean: clean
-	rm -rf $(VENV) $(LATEST_VENV) $(LOCK_VENV)
+	rm -rf $(VENV) $(LATEST_VENV) $(LOCK_VENV) $(PEERS_VENV)

@@ -23,3 +23,31 @@ def test_decode_profile_smoke_run_writes_its_tables(tmp_path):
         assert heading in report, heading
     assert "random LLaMA" in report  # says it did not measure the real model
     assert "`optimum_binarymos::packed_linear`" in report  # the packed op was profiled
+
+
+def run_script(name: str, *arguments: str) -> subprocess.CompletedProcess:
+    command = [sys.executable, str(ROOT / "benchmarks" / name), *arguments]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+def test_peer_benchmark_smoke_run_writes_its_table_and_plot(tmp_path):
+    output, figure = tmp_path / "peers.md", tmp_path / "peers.png"
+    run_script(
+        "peers_cpu.py", "--tiny", "--rounds", "1", "--threads", "1", "--prompt-tokens", "8", "--new-tokens", "2",
+        "--output", str(output), "--plot", str(figure),
+    )  # fmt: skip
+    report = output.read_text()
+    for name in ("transformers float32", "packed BinaryMoS E=4, 8-bit embeddings", "packed ternary"):
+        assert f"| {name} |" in report, name
+    assert "llama.cpp" not in report.split("## ")[0].split("| model")[1]  # no peer in a --tiny run
+    assert figure.stat().st_size > 0
+
+
+def test_embedding_bits_smoke_run_reports_sizes_and_perplexities(tmp_path):
+    output = tmp_path / "embedding_bits.md"
+    run_script("embedding_bits.py", "--tiny", "--seq-len", "16", "--eval-windows", "1", "--output", str(output))
+    report = output.read_text()
+    assert "| BinaryMoS E=4 | 8-bit rows |" in report
+    assert "same, embeddings and tied `lm_head` as 8-bit rows" in report

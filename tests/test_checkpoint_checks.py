@@ -104,13 +104,13 @@ def test_newer_file_format_version_is_refused_even_under_an_older_config(checkpo
     folder = request.getfixturevalue(checkpoint)
     with safe_open(folder / "model.safetensors", framework="pt") as opened:
         assert opened.metadata()[key] == "1"
-    rewrite(folder / "model.safetensors", edit_metadata=set_metadata(key, "2"))
+    rewrite(folder / "model.safetensors", edit_metadata=set_metadata(key, "3"))
     # config.json still says format_version 1: the file's own version is what is refused.
     assert json.loads((folder / "config.json").read_text())["quantization_config"]["format_version"] == 1
     with pytest.raises(
         ValueError,
-        match=rf"model\.safetensors \(safetensors metadata {key}\) uses {layout} packed format version 2, but "
-        r"the installed optimum-binarymos reads up to version 1\. Upgrade it: pip install -U optimum-binarymos",
+        match=rf"model\.safetensors \(safetensors metadata {key}\) uses {layout} packed format version 3, but "
+        r"the installed optimum-binarymos reads up to version 2\. Upgrade it: pip install -U optimum-binarymos",
     ):
         AutoModelForCausalLM.from_pretrained(folder)
 
@@ -157,21 +157,21 @@ def test_latent_checkpoint_with_newer_file_format_version_is_refused(float_check
     with latent_saving(model):
         model.save_pretrained(tmp_path)
     AutoModelForCausalLM.from_pretrained(tmp_path)  # as written: loads
-    rewrite(tmp_path / "model.safetensors", edit_metadata=set_metadata(BINARY_KEY, "2"))
-    with pytest.raises(ValueError, match="format version 2.*pip install -U optimum-binarymos"):
+    rewrite(tmp_path / "model.safetensors", edit_metadata=set_metadata(BINARY_KEY, "3"))
+    with pytest.raises(ValueError, match="format version 3.*pip install -U optimum-binarymos"):
         AutoModelForCausalLM.from_pretrained(tmp_path)
 
 
 def test_config_and_file_versions_are_refused_with_the_same_words(binary_checkpoint):
-    edit_config(binary_checkpoint, format_version=2)
+    edit_config(binary_checkpoint, format_version=3)
     with pytest.raises(ValueError) as from_config:
         AutoModelForCausalLM.from_pretrained(binary_checkpoint)
     edit_config(binary_checkpoint, format_version=1)
-    rewrite(binary_checkpoint / "model.safetensors", edit_metadata=set_metadata(BINARY_KEY, "2"))
+    rewrite(binary_checkpoint / "model.safetensors", edit_metadata=set_metadata(BINARY_KEY, "3"))
     with pytest.raises(ValueError) as from_file:
         AutoModelForCausalLM.from_pretrained(binary_checkpoint)
     tail = (
-        " uses BinaryMoS packed format version 2, but the installed optimum-binarymos reads up to version 1."
+        " uses BinaryMoS packed format version 3, but the installed optimum-binarymos reads up to version 2."
     )
     assert tail in str(from_config.value) and tail in str(from_file.value)
 

@@ -42,6 +42,25 @@ def test_quantize_writes_packed_or_latent_models(tiny_folder, tmp_path, capsys):
     assert not (tmp_path / "again").exists()
 
 
+def test_quantize_and_footprint_with_8_bit_embeddings(tiny_folder, tmp_path, capsys):
+    from optimum_binarymos.nn.int8 import Int8Embedding
+
+    arguments = ["--embedding-bits", "8", "--dtype", "float32"]
+    assert main(["quantize", str(tiny_folder), str(tmp_path / "packed"), *arguments]) == 0
+    assert "saved packed BinaryMoS model (4 experts), 8-bit embeddings" in capsys.readouterr().out
+    packed = AutoModelForCausalLM.from_pretrained(tmp_path / "packed")
+    assert isinstance(packed.get_input_embeddings(), Int8Embedding)
+    assert "8-bit (int8 codes, one scale per row)" in (tmp_path / "packed" / "README.md").read_text()
+
+    assert main(["footprint", str(tiny_folder)]) == 0
+    float_line = capsys.readouterr().out
+    assert main(["footprint", str(tiny_folder), "--embedding-bits", "8"]) == 0
+    int8_line = capsys.readouterr().out
+    assert "BinaryMoS (E=4), 8-bit embeddings" in int8_line and "8-bit" not in float_line
+    with pytest.raises(SystemExit):  # argparse refuses the value, naming the choices
+        main(["footprint", str(tiny_folder), "--embedding-bits", "4"])
+
+
 def test_quantize_ternary(tiny_folder, tmp_path, capsys):
     from optimum_binarymos.nn import PackedTernaryLinear
 

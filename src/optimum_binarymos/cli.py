@@ -82,6 +82,7 @@ def _quantize_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--modules-to-not-convert", nargs="*", default=None, help="extra modules to keep in float"
     )
+    _embedding_bits_argument(parser)
     parser.add_argument(
         "--dtype", choices=DTYPES, default="bfloat16", help="dtype of scales, router, embeddings"
     )
@@ -90,6 +91,16 @@ def _quantize_arguments(parser: argparse.ArgumentParser) -> None:
         choices=("packed", "latent"),
         default="packed",
         help="packed: 1 bit per weight, for inference; latent: float latent weights, to train further",
+    )
+
+
+def _embedding_bits_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--embedding-bits",
+        type=int,
+        choices=(8,),
+        default=None,
+        help="8: input embeddings and lm_head as int8 rows with one scale each (default: float)",
     )
 
 
@@ -104,13 +115,18 @@ def _quantize(args: argparse.Namespace) -> int:
                 group_size=args.group_size,
                 code_packing=args.code_packing,
                 modules_to_not_convert=args.modules_to_not_convert,
+                embedding_bits=args.embedding_bits,
             )
             description = f"ternary model (groups of {args.group_size}, {args.code_packing} codes)"
         else:
             config = BinaryMoSConfig(
-                num_experts=args.num_experts, modules_to_not_convert=args.modules_to_not_convert
+                num_experts=args.num_experts,
+                modules_to_not_convert=args.modules_to_not_convert,
+                embedding_bits=args.embedding_bits,
             )
             description = f"BinaryMoS model ({args.num_experts} experts)"
+        if args.embedding_bits is not None:
+            description += f", {args.embedding_bits}-bit embeddings"
     except ValueError as error:
         raise CommandError(str(error)) from error
     _refuse_quantized_input(args.model)
@@ -239,6 +255,7 @@ def _footprint_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="ternary: 2bit (4 trits per byte) or base3 (5 per byte); default the model's own, else 2bit",
     )
+    _embedding_bits_argument(parser)
 
 
 #: Values of ``footprint --method``.
@@ -271,13 +288,14 @@ def _footprint_quantization(args: argparse.Namespace, own):
         if other != method and fields:
             flags = ", ".join(_METHOD_FLAGS[other][field] for field in fields)
             raise CommandError(f"--method {method} takes no {flags} (that is for --method {other})")
-    if method == own_method and not given[method]:
+    common = {"embedding_bits": args.embedding_bits} if args.embedding_bits is not None else {}
+    if method == own_method and not given[method] and not common:
         return None
     config_class = methods[method].config_class
     # The checkpoint's other settings (modules kept in float...) still hold when only some flags change.
     kept = own.to_dict() if method == own_method else {}
     try:
-        return config_class(**{**kept, **given[method]})
+        return config_class(**{**kept, **given[method], **common})
     except ValueError as error:
         raise CommandError(str(error)) from error
 

@@ -14,6 +14,7 @@ from tqdm.auto import tqdm
 from .methods import method_for_config, method_for_model
 from .methods.binarymos import BinaryMoSConfig
 from .methods.config_base import MethodConfig
+from .methods.embeddings import quantize_embeddings
 from .methods.lifecycle import attach_quantizer, latent_from_float, skeleton_layer  # noqa: F401  re-exported
 from .replacement import (  # noqa: F401  re-exported: their import path before the split
     ALWAYS_KEPT_IN_FLOAT,
@@ -44,7 +45,9 @@ def convert_model(model: nn.Module, quantization_config: QuantizationConfig | No
 
     Returns:
         ``model``, with every converted layer a :class:`BinaryMoSLinear` (or a
-        :class:`~optimum_binarymos.nn.ternary.TernaryLinear` under a ``TernaryConfig``).
+        :class:`~optimum_binarymos.nn.ternary.TernaryLinear` under a ``TernaryConfig``), and with
+        ``embedding_bits=8`` its input embeddings and output head 8-bit
+        (:class:`~optimum_binarymos.nn.int8.Int8Embedding`, :class:`~optimum_binarymos.nn.int8.Int8Linear`).
     """
     existing = method_for_model(model)
     if existing is not None:
@@ -69,6 +72,8 @@ def convert_model(model: nn.Module, quantization_config: QuantizationConfig | No
 
     with torch.no_grad():
         replace_modules(model, names, build)
+        if config.embedding_bits is not None:
+            quantize_embeddings(model)
     progress.close()
     attach_quantizer(model, config, pre_quantized=False)
     return model

@@ -1,8 +1,9 @@
 """How big a model is in float16 and as a packed BinaryMoS or ternary checkpoint, from its shapes alone.
 
 The accounting is the papers' (and the layouts of ``docs/FORMAT.md`` and ``docs/FORMAT_TERNARY.md``): everything
-that stays in float (embeddings, ``lm_head``, norms, layers kept in float) costs 2 bytes per value. In a converted
-``(out, in)`` layer:
+that stays in float (embeddings, ``lm_head``, norms, layers kept in float) costs 2 bytes per value; with
+``embedding_bits=8`` the embeddings and ``lm_head`` cost 1 byte per value plus one float scale per row (a head tied
+to the embeddings shares their codes and saves its own scales). In a converted ``(out, in)`` layer:
 
 * BinaryMoS: a weight costs 1 bit, each row rounded up to whole bytes as the packed tensor ``(out, ceil(in / 8))``
   is; the scales ``(E, in) + (E, out)``, the router ``(E, in)`` (only when ``E > 1``) and the bias cost 2 bytes per
@@ -28,6 +29,7 @@ from torch import nn
 from .methods import method_for_config, method_for_layer, method_for_quant_method, quantized_layers
 from .methods.binarymos import QUANT_METHOD, BinaryMoSConfig
 from .methods.config_base import MethodConfig
+from .methods.embeddings import embedding_module_names
 from .methods.ternary import TERNARY_QUANT_METHOD
 from .replacement import linear_dims, modules_to_convert
 
@@ -53,6 +55,7 @@ class Footprint:
         method: ``quant_method`` of the conversion: ``"binarymos"`` or ``"binarymos_ternary"``.
         group_size: ternary only: input columns per scale/shift group.
         code_packing: ternary only: ``"2bit"`` or ``"base3"``.
+        embedding_bits: ``8`` when the embeddings and ``lm_head`` are counted as 8-bit rows, else None.
     """
 
     num_experts: int | None
@@ -65,6 +68,7 @@ class Footprint:
     method: str = QUANT_METHOD
     group_size: int | None = None
     code_packing: str | None = None
+    embedding_bits: int | None = None
 
     @property
     def is_ternary(self) -> bool:
@@ -73,7 +77,8 @@ class Footprint:
     @property
     def label(self) -> str:
         """The conversion in a few words: ``"BinaryMoS (E=4)"``, ``"ternary (2bit codes, group 128)"``."""
-        return method_for_quant_method(self.method).footprint_label(self)
+        label = method_for_quant_method(self.method).footprint_label(self)
+        return label + (f", {self.embedding_bits}-bit embeddings" if self.embedding_bits is not None else "")
 
     @property
     def ratio(self) -> float:
@@ -209,9 +214,22 @@ def model_footprint(
         linear_packed += method.layer_bytes(module, in_features, out_features, details, float_bytes)
         linear_packed += bias * float_bytes
 
+    embedding_bits = getattr(config, "embedding_bits", None)
+    row_quantized = set(embedding_module_names(model)) if embedding_bits is not None else set()
     prefixes = tuple(f"{name}." for name in converted)
     seen: set[int] = set()
     for key, tensor in model.state_dict(keep_vars=True).items():
+        module_name, _, tensor_name = key.rpartition(".")
+        if module_name in row_quantized and tensor_name in ("weight", "weight_scale"):
+            if tensor_name == "weight":
+                rows = tensor.shape[0]
+                other_packed += rows * float_bytes  # its scales, saved per module even when the codes are tied
+                if id(tensor) not in seen:
+                    seen.add(id(tensor))
+                    parameters += tensor.numel()
+                    other_float += tensor.numel() * FLOAT16_BYTES
+                    other_packed += tensor.numel()  # one byte per code
+            continue
         if key.startswith(prefixes) or id(tensor) in seen:
             continue  # converted layers are counted above; tied weights once
         seen.add(id(tensor))
@@ -230,6 +248,7 @@ def model_footprint(
         packed_bytes=other_packed + linear_packed,
         linear_float16_bytes=linear_float,
         linear_packed_bytes=linear_packed,
+        embedding_bits=embedding_bits,
         **details,
     )
 

@@ -250,6 +250,8 @@ def _settings_rows(
     kinds = _unique(name.rsplit(".", 1)[-1] for name in layers)
     blocks = {match.group(0) for name in layers if (match := re.match(r".*?\.\d+(?=\.)", name))}
     kept = "embeddings, `lm_head`, norms"
+    if getattr(quantization, "embedding_bits", None) is not None:
+        kept = "norms"
     if quantization.modules_to_not_convert:
         kept += ", " + ", ".join(_code(name) for name in quantization.modules_to_not_convert)
     head, tail = method.settings(quantization, footprint)
@@ -261,6 +263,11 @@ def _settings_rows(
             + ", ".join(f"`{k}`" for k in kinds),
         ),
         ("kept in float", kept),
+        *(
+            [("embeddings and `lm_head`", "8-bit (int8 codes, one scale per row)")]
+            if getattr(quantization, "embedding_bits", None) is not None
+            else []
+        ),
         (f"float dtype ({method.float_parts})", f"`{str(float_dtype).removeprefix('torch.')}`"),
         *tail,
     ]

@@ -1,6 +1,6 @@
-"""The one place that knows how binarized weights are laid out in memory and on disk.
+"""The one place that knows how quantized weights are laid out in memory and on disk.
 
-Layout (format version 1, specified for other runtimes in ``docs/FORMAT.md``):
+Layout of binarized weights (specified for other runtimes in ``docs/FORMAT.md``):
 
 * A binarized weight of logical shape ``(out_features, in_features)`` is stored as a ``uint8`` tensor of
   shape ``(out_features, ceil(in_features / 8))``, row-major, packed along the input axis.
@@ -16,8 +16,16 @@ from __future__ import annotations
 
 import torch
 
-#: Version of the on-disk layout. Readers refuse checkpoints with a larger number.
-FORMAT_VERSION = 1
+#: Newest version of the BinaryMoS on-disk layout, the largest this library reads. Readers refuse checkpoints with
+#: a larger number. Version 2 added 8-bit embeddings (:func:`quantize_rows`); checkpoints without them are still
+#: written as version 1 (:data:`FIRST_FORMAT_VERSION`), so that older readers keep reading them.
+FORMAT_VERSION = 2
+
+#: The version written for checkpoints that use nothing newer (float embeddings), for either method.
+FIRST_FORMAT_VERSION = 1
+
+#: The first version of either layout with 8-bit embeddings (``embedding_bits=8``).
+ROWS_FORMAT_VERSION = 2
 
 #: Weights per byte of the packed sign tensor.
 SIGNS_PER_BYTE = 8
@@ -105,8 +113,8 @@ def unpack_signs(packed: torch.Tensor, in_features: int, dtype: torch.dtype = to
 # * Padding columns (``k >= in_features``) hold code 1 (a zero weight); readers must still ignore them.
 # ---------------------------------------------------------------------------------------------------------------
 
-#: Version of the ternary on-disk layout. Readers refuse checkpoints with a larger number.
-TERNARY_FORMAT_VERSION = 1
+#: Newest version of the ternary on-disk layout (2: 8-bit embeddings, as for BinaryMoS).
+TERNARY_FORMAT_VERSION = 2
 
 #: Codes per byte of each ternary code packing; the first one is the default.
 TRITS_PER_BYTE = {"2bit": 4, "base3": 5}
@@ -242,3 +250,52 @@ def unpack_ternary(
         codes = torch.div(wide, 3**positions, rounding_mode="floor") % 3
     codes = codes.reshape(packed.shape[0], -1)[:, :in_features]
     return (codes - 1).to(dtype)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# 8-bit rows (embeddings and lm_head, ``embedding_bits=8``; format version 2 of both layouts, ``docs/FORMAT.md``
+# section 9).
+#
+# * A matrix of shape ``(rows, columns)`` (an embedding table ``(vocab, hidden)``, an ``lm_head`` weight
+#   ``(vocab, hidden)``) is stored as an ``int8`` tensor ``Q`` of the same shape plus one float scale per row,
+#   ``weight_scale`` ``(rows,)`` in the model's float dtype.
+# * Its values are ``Q[r, c] * weight_scale[r]``, with ``Q = clamp(round(W / weight_scale), -127, 127)`` and
+#   ``weight_scale[r] = max_c |W[r, c]| / 127`` (rounded to the stored dtype first, so the codes are those of the
+#   stored scale). ``-128`` is never written; an all-zero row has scale 0 and codes 0.
+# ---------------------------------------------------------------------------------------------------------------
+
+#: dtype of the 8-bit codes of :func:`quantize_rows`.
+ROW_CODE_DTYPE = torch.int8
+
+#: Largest code magnitude (symmetric: ``-128`` is never written).
+ROW_CODE_MAX = 127
+
+
+def quantize_rows(weight: torch.Tensor, scale_dtype: torch.dtype | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric 8-bit codes with one scale per row.
+
+    Args:
+        weight: ``(rows, columns)`` float tensor.
+        scale_dtype: dtype the scales are stored in (default: ``weight``'s); the codes are computed against the
+            stored (rounded) scale.
+
+    Returns:
+        ``(codes, scale)``: ``(rows, columns)`` ``int8`` and ``(rows,)`` in ``scale_dtype``, on ``weight``'s device.
+    """
+    if weight.ndim != 2 or not weight.is_floating_point():
+        raise ValueError(f"quantize_rows expects a 2-D float tensor, got {weight.dtype} of shape {tuple(weight.shape)}")
+    wide = weight.float()
+    scale = (wide.abs().amax(dim=1) / ROW_CODE_MAX).to(scale_dtype or weight.dtype)
+    divisor = scale.float().unsqueeze(1)
+    codes = torch.where(divisor > 0, wide / divisor.clamp_min(torch.finfo(torch.float32).tiny), 0.0)
+    return codes.round_().clamp_(-ROW_CODE_MAX, ROW_CODE_MAX).to(ROW_CODE_DTYPE), scale
+
+
+def dequantize_rows(codes: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """``codes * scale[:, None]``: ``(rows, columns)`` in ``dtype`` (default: ``scale``'s), computed in float32."""
+    if codes.dtype != ROW_CODE_DTYPE or codes.ndim != 2 or tuple(scale.shape) != (codes.shape[0],):
+        raise ValueError(
+            f"dequantize_rows expects (rows, columns) {ROW_CODE_DTYPE} codes and (rows,) scales, got {codes.dtype} "
+            f"{tuple(codes.shape)} and {tuple(scale.shape)}"
+        )
+    return (codes.float() * scale.float().unsqueeze(1)).to(dtype or scale.dtype)

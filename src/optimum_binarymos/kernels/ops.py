@@ -1,13 +1,14 @@
 """The packed kernels as torch operators (``torch.ops.optimum_binarymos.*``), the one way every mode calls them.
 
-Eager forwards, ``torch.compile`` (any backend), ``torch.export`` and FX tracing all go through the same two
+Eager forwards, ``torch.compile`` (any backend), ``torch.export`` and FX tracing all go through the same
 operators, so the compiler sees a packed layer as one node of known output shape (the fake implementations
 below) instead of breaking its graph at an opaque ctypes or Triton call:
 
 * ``optimum_binarymos::packed_linear(x, packed, in_features, scale_in, scale_out, gates, bias, backend)``
 * ``optimum_binarymos::ternary_matmul(x, codes, scale, shift, in_features, group_size, code_packing, backend)``
+* ``optimum_binarymos::int8_linear(x, codes, scale, bias)`` (8-bit ``lm_head``, :mod:`.int8`)
 
-Each takes 2-D activations and the backend name of :mod:`.dispatch` (``"auto"``, ``"triton"`` or ``"torch"``, as
+Each takes 2-D activations; the first two also take the backend name of :mod:`.dispatch` (``"auto"``, ``"triton"`` or ``"torch"``, as
 chosen by the layer), which it resolves for the tensors' device when it runs. They are registered with
 :class:`torch.library.Library` under ``CompositeExplicitAutograd``: the dispatcher then costs 2-4 us a call on
 CPU (about 5 % of a 576 x 1536 BinaryMoS layer at one token), where ``torch.library.custom_op``'s Python wrapper
@@ -20,6 +21,7 @@ from __future__ import annotations
 import torch
 
 from .dispatch import select_backend
+from .int8 import int8_linear as int8_linear_inference
 from .ternary import ternary_matmul_inference
 
 NAMESPACE = "optimum_binarymos"
@@ -57,6 +59,8 @@ _LIBRARY.define(
     'str code_packing, str backend="auto") -> Tensor'
 )
 _LIBRARY.impl("ternary_matmul", ternary_matmul_inference, "CompositeExplicitAutograd")
+_LIBRARY.define("int8_linear(Tensor x, Tensor codes, Tensor scale, Tensor? bias) -> Tensor")
+_LIBRARY.impl("int8_linear", int8_linear_inference, "CompositeExplicitAutograd")
 
 
 @torch.library.register_fake(f"{NAMESPACE}::packed_linear")
@@ -69,6 +73,12 @@ def _(x, codes, scale, shift, in_features, group_size, code_packing, backend="au
     return x.new_empty(x.shape[0], codes.shape[0])
 
 
+@torch.library.register_fake(f"{NAMESPACE}::int8_linear")
+def _(x, codes, scale, bias):
+    return x.new_empty(x.shape[0], codes.shape[0])
+
+
 #: The operators' overloads, called directly (skipping the overload lookup of ``torch.ops``).
 packed_linear = torch.ops.optimum_binarymos.packed_linear.default
 ternary_matmul = torch.ops.optimum_binarymos.ternary_matmul.default
+int8_linear = torch.ops.optimum_binarymos.int8_linear.default

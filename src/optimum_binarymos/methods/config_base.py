@@ -8,6 +8,7 @@ from typing import Any
 from transformers.utils.quantization_config import QuantizationConfigMixin
 
 from ..calibration import DEFAULT_CALIBRATION_TOKENS, MIN_CALIBRATION_TOKENS
+from .embeddings import check_embedding_bits, required_format_version
 
 #: What a saved checkpoint can hold: packed layers, or latent float weights (to resume training).
 CHECKPOINT_FORMS = ("packed", "latent")
@@ -21,6 +22,7 @@ SAVED_ONLY_KEYS = ("quant_method", "loading")
 #: Arguments every method's config takes, after its own.
 COMMON_FIELDS = (
     "modules_to_not_convert",
+    "embedding_bits",
     "format_version",
     "checkpoint_form",
     "dataset",
@@ -74,6 +76,9 @@ def config_dict_without_calibration(config: QuantizationConfigMixin) -> dict[str
     """``config.__dict__`` deep-copied without the calibration inputs (they shape the initialization only, a
     checkpoint does not need them, and a tokenizer or a dataset is not JSON), with the loading hint."""
     saved = copy.deepcopy({key: value for key, value in config.__dict__.items() if key not in _CALIBRATION_INPUTS})
+    if saved.get("embedding_bits") is None:
+        # Float embeddings are what format version 1 describes: without the key, older readers load the file.
+        saved.pop("embedding_bits", None)
     saved["loading"] = LOADING_HINT
     return saved
 
@@ -112,9 +117,11 @@ class MethodConfig(QuantizationConfigMixin):
         tokenizer: Any,
         calibration_tokens: Any,
         unknown: dict[str, Any],
+        embedding_bits: Any = None,
     ) -> None:
         self.quant_method = quant_method
         self.modules_to_not_convert = module_name_list(modules_to_not_convert)
+        self.embedding_bits = embedding_bits
         self.format_version = format_version
         self.checkpoint_form = checkpoint_form
         self.dataset = dataset
@@ -136,8 +143,11 @@ class MethodConfig(QuantizationConfigMixin):
                 f"modules_to_not_convert must be a list of non-empty module names such as [{examples}]; "
                 f"got {self.modules_to_not_convert!r}"
             )
+        check_embedding_bits(self.embedding_bits)
         if not is_int(self.format_version) or self.format_version < 1:
             raise ValueError(f"format_version must be a positive integer; got {self.format_version!r}")
+        # The version a save writes: the oldest that holds what the config asks for (8-bit embeddings need 2).
+        self.format_version = max(self.format_version, required_format_version(self.embedding_bits))
         if self.format_version > self.latest_format_version:
             raise ValueError(
                 newer_format_message(self.format_version, self.latest_format_version, self.format_layout)

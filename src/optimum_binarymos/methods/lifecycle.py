@@ -29,10 +29,16 @@ from transformers.pytorch_utils import Conv1D
 from transformers.quantizers import AutoHfQuantizer, HfQuantizer
 
 from ..card_record import remember_float_source
-from ..packing import PACKED_DTYPE
 from ..replacement import float_weight, linear_dims, modules_to_convert, replace_modules
 from .config_base import newer_format_message
 from .dequantization import float_layer
+from .embeddings import (
+    INT8_LAYER_TYPES,
+    dequantize_embeddings,
+    embedding_skeletons,
+    int8_modules,
+    quantize_embeddings,
+)
 from .registry import QuantizationMethod, method_for_config, quantized_layers
 
 logger = logging.getLogger(__name__)
@@ -213,6 +219,8 @@ class PackingHfQuantizer(HfQuantizer):
             self.converted_modules,
             lambda _name, module: self.skeleton(module, self.loads_packed, dtype),
         )
+        if self.pre_quantized and self.quantization_config.embedding_bits is not None:
+            embedding_skeletons(model, dtype)  # a saved model's embeddings are 8-bit in either form
         checkpoint_files = kwargs.get("checkpoint_files") or []
         if self.pre_quantized:
             check_one_model_per_folder(checkpoint_files)
@@ -236,7 +244,11 @@ class PackingHfQuantizer(HfQuantizer):
             model, (self.latent_layer_type, self.packed_layer_type), self.method_name, whole_model=self.pre_quantized
         )
         if self.pre_quantized:
-            _check_finite(model, (self.latent_layer_type, self.packed_layer_type), self.method_name)
+            _check_finite(model, (self.latent_layer_type, self.packed_layer_type, *INT8_LAYER_TYPES), self.method_name)
+        elif self.quantization_config.embedding_bits is not None:
+            quantize_embeddings(model)
+        for layer in int8_modules(model).values():
+            layer.requires_grad_(False)  # loading makes float tensors trainable; 8-bit rows never train
         # Whatever was loaded, the next save_pretrained writes packed layers unless asked otherwise.
         self.quantization_config.checkpoint_form = "packed"
         self._calibrate(model)
@@ -284,11 +296,12 @@ class PackingHfQuantizer(HfQuantizer):
         if isinstance(dtype, str):
             dtype = getattr(torch, dtype)
         replace_modules(model, names, lambda _name, layer: float_layer(layer, dtype))
+        dequantize_embeddings(model, dtype)
         self.converted_modules = []
         return model
 
     def get_state_dict_and_metadata(self, model):
-        metadata = {self.format_metadata_key: str(self.format_version)}
+        metadata = {self.format_metadata_key: str(self.quantization_config.format_version)}
         state = self.state_dict_to_save if self.state_dict_to_save is not None else model.state_dict()
         if self.quantization_config.checkpoint_form == "latent":
             return state, metadata
@@ -423,15 +436,17 @@ def check_packed_checkpoint(
     if not headers:
         return  # not safetensors: the post-load check still catches missing tensors
     problems = []
+    # A head tied to the input embeddings is not stored (transformers ties it again after loading).
+    tied = set(getattr(model, "all_tied_weights_keys", None) or {})
     for module_name, module in model.named_modules():
-        if not isinstance(module, quantizer.packed_layer_type):
+        if not isinstance(module, (quantizer.packed_layer_type, *INT8_LAYER_TYPES)):
             continue
         weight_dtype = headers.get(f"{module_name}.weight", ((), ""))[1]
         if _is_float(weight_dtype):
             # A whole float layer: one line says it, its missing scales would only drown it.
             problems.append(
                 f"{module_name}.weight is a float weight (dtype {_dtype_name(weight_dtype)}, expected "
-                f"{_torch_name(PACKED_DTYPE)}): the checkpoint is not packed"
+                f"{_torch_name(module.weight.dtype)}): the checkpoint is not packed"
             )
             continue
         for tensor_name, tensor in [
@@ -439,6 +454,8 @@ def check_packed_checkpoint(
             *module.named_buffers(recurse=False),
         ]:
             key = f"{module_name}.{tensor_name}"
+            if key in tied and key not in headers:
+                continue
             if key not in headers:
                 problems.append(f"{key} is missing")
                 continue

@@ -25,6 +25,10 @@
  * Without AVX2 (or with -DBINARYMOS_PORTABLE) a plain C loop multiplies by rows of that sign table, which
  * compilers vectorize for any instruction set.
  *
+ * bmos_int8_linear_f32 computes y = (x @ Q^T) * scale + bias for an int8 matrix Q with one float scale per
+ * row (the 8-bit embeddings and lm_head of packing.py's row layout): each group of 8 weights is widened once
+ * and multiplied into every row of the tile of activations.
+ *
  * Output rows are split into tasks shared by the caller and the helper threads of task_pool.h.
  */
 #include <stdint.h>
@@ -40,7 +44,7 @@
 #define BMOS_AVX2 0
 #endif
 
-#define ABI_VERSION 1
+#define ABI_VERSION 2
 /* Rows of activations that share one decoded byte of weights. */
 #define MAX_TILE 8
 /* Output rows per task of the thread pool; small enough to balance two to a few dozen threads. */
@@ -244,4 +248,109 @@ void bmos_unpack_f32(const uint8_t* packed, int64_t rows, int64_t K, int64_t ldw
     const unpack_context context = {packed, rows, K, ldw, out};
     const int threads = rows * K >= PARALLEL_MIN_WORK ? num_threads : 1;
     pool_run(unpack_task, &context, (rows + ROWS_PER_TASK - 1) / ROWS_PER_TASK, threads);
+}
+
+/* What every task of one bmos_int8_linear_f32 call reads (and the output it writes). */
+typedef struct {
+    const float* x;
+    int64_t M, K, ldx;
+    const int8_t* q;
+    int64_t ldq;
+    const float* scale;
+    const float* bias;
+    int64_t N;
+    float* y;
+    int64_t ldy;
+} int8_context;
+
+#if BMOS_AVX2
+#ifdef __FMA__
+#define BMOS_MULADD(a, b, c) _mm256_fmadd_ps(a, b, c)
+#else
+#define BMOS_MULADD(a, b, c) _mm256_add_ps(_mm256_mul_ps(a, b), c)
+#endif
+/* out[m] = sum_k x[m * ld + k] * q[k] for mt rows (mt constant after inlining). */
+ALWAYS_INLINE void int8_dots(const float* x, int64_t ld, const int mt, const int8_t* q, int64_t K, float* out) {
+    const int chains = mt == 1 ? 4 : (mt == 2 ? 2 : 1);
+    __m256 acc[MAX_TILE][4];
+    for (int m = 0; m < mt; m++)
+        for (int c = 0; c < chains; c++) acc[m][c] = _mm256_setzero_ps();
+    int64_t k = 0;
+    for (; k + 32 <= K; k += 32) {
+        for (int i = 0; i < 4; i++) {
+            const __m128i bytes = _mm_loadl_epi64((const __m128i*)(q + k + 8 * i));
+            const __m256 w = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(bytes));
+            for (int m = 0; m < mt; m++)
+                acc[m][i % chains] =
+                    BMOS_MULADD(_mm256_loadu_ps(x + m * ld + k + 8 * i), w, acc[m][i % chains]);
+        }
+    }
+    for (; k + 8 <= K; k += 8) {
+        const __m256 w = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i*)(q + k))));
+        for (int m = 0; m < mt; m++) acc[m][0] = BMOS_MULADD(_mm256_loadu_ps(x + m * ld + k), w, acc[m][0]);
+    }
+    for (int m = 0; m < mt; m++) {
+        __m256 a = acc[m][0];
+        for (int c = 1; c < chains; c++) a = _mm256_add_ps(a, acc[m][c]);
+        __m128 s = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
+        s = _mm_hadd_ps(s, s);
+        s = _mm_hadd_ps(s, s);
+        float total = _mm_cvtss_f32(s);
+        for (int64_t j = k; j < K; j++) total += x[m * ld + j] * (float)q[j];
+        out[m] = total;
+    }
+}
+#else
+ALWAYS_INLINE void int8_dots(const float* x, int64_t ld, const int mt, const int8_t* q, int64_t K, float* out) {
+    for (int m = 0; m < mt; m++) {
+        float acc[8] = {0};
+        int64_t k = 0;
+        for (; k + 8 <= K; k += 8)
+            for (int j = 0; j < 8; j++) acc[j] += x[m * ld + k + j] * (float)q[k + j];
+        float total = 0.0f;
+        for (int j = 0; j < 8; j++) total += acc[j];
+        for (; k < K; k++) total += x[m * ld + k] * (float)q[k];
+        out[m] = total;
+    }
+}
+#endif
+
+static void int8_task(const void* opaque, int64_t task) {
+    const int8_context* c = (const int8_context*)opaque;
+    const int64_t n_end = (task + 1) * ROWS_PER_TASK < c->N ? (task + 1) * ROWS_PER_TASK : c->N;
+    for (int64_t n = task * ROWS_PER_TASK; n < n_end; n++) {
+        const int8_t* q = c->q + n * c->ldq;
+        float sums[MAX_TILE];
+        int64_t m = 0;
+        while (m < c->M) {
+            const int64_t left = c->M - m;
+            const int mt = left >= 8 ? 8 : (left >= 4 ? 4 : (left >= 2 ? 2 : 1));
+            const float* rows = c->x + m * c->ldx;
+            switch (mt) {
+                case 8: int8_dots(rows, c->ldx, 8, q, c->K, sums); break;
+                case 4: int8_dots(rows, c->ldx, 4, q, c->K, sums); break;
+                case 2: int8_dots(rows, c->ldx, 2, q, c->K, sums); break;
+                default: int8_dots(rows, c->ldx, 1, q, c->K, sums); break;
+            }
+            for (int i = 0; i < mt; i++) {
+                float v = sums[i] * c->scale[n];
+                if (c->bias != NULL) v += c->bias[n];
+                c->y[(m + i) * c->ldy + n] = v;
+            }
+            m += mt;
+        }
+    }
+}
+
+/*
+ * y (M, N), row stride ldy, float32 = (x @ Q^T) * scale + bias.
+ *   x (M, K) row stride ldx; q int8 (N, K) row stride ldq; scale (N) float32; bias (N) or NULL.
+ */
+void bmos_int8_linear_f32(const float* x, int64_t M, int64_t K, int64_t ldx, const int8_t* q, int64_t N,
+                          int64_t ldq, const float* scale, const float* bias, float* y, int64_t ldy,
+                          int num_threads) {
+    if (M == 0 || N == 0) return;
+    const int8_context context = {x, M, K, ldx, q, ldq, scale, bias, N, y, ldy};
+    const int threads = M * N * K >= PARALLEL_MIN_WORK / 8 ? num_threads : 1;
+    pool_run(int8_task, &context, (N + ROWS_PER_TASK - 1) / ROWS_PER_TASK, threads);
 }

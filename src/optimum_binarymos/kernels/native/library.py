@@ -14,7 +14,7 @@ import torch
 from ...packing import PACKED_DTYPE, packed_columns
 
 #: Must match ABI_VERSION in binarymos_cpu.c; a cached library built from another version is refused.
-ABI_VERSION = 1
+ABI_VERSION = 2
 
 _I64 = ctypes.c_int64
 _PTR = ctypes.c_void_p
@@ -62,6 +62,13 @@ class NativeKernels:
             _PTR, _I64,  # gates, E
             _PTR, _PTR, _PTR,  # scale_in, scale_out, bias
             _PTR, _I64, _I64,  # packed, N, ldw
+            _PTR, _I64, ctypes.c_int,  # y, ldy, threads
+        ]  # fmt: skip
+        self._lib.bmos_int8_linear_f32.restype = None
+        self._lib.bmos_int8_linear_f32.argtypes = [
+            _PTR, _I64, _I64, _I64,  # x, M, K, ldx
+            _PTR, _I64, _I64,  # q, N, ldq
+            _PTR, _PTR,  # scale, bias
             _PTR, _I64, ctypes.c_int,  # y, ldy, threads
         ]  # fmt: skip
         self._lib.bmos_unpack_f32.restype = None
@@ -125,6 +132,40 @@ class NativeKernels:
         )  # fmt: skip
         if status != 0:
             raise MemoryError("the native BinaryMoS kernel could not allocate its scratch buffer")
+        return y
+
+    def int8_linear(
+        self, x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None
+    ) -> torch.Tensor:
+        """``(x @ weight^T) * scale + bias`` for an ``int8`` weight with one scale per row, in float32.
+
+        Args:
+            x: ``(M, K)`` float32, unit stride along ``K`` (any row stride).
+            weight: ``(N, K)`` ``int8`` (any row stride, unit column stride).
+            scale: ``(N,)`` float32 contiguous.
+            bias: ``(N,)`` float32 or None.
+
+        Returns:
+            ``(M, N)`` float32.
+        """
+        rows, k = x.shape
+        if x.dtype != torch.float32 or x.device.type != "cpu" or x.stride(1) != 1:
+            raise ValueError("x must be a 2-D float32 CPU tensor with unit column stride")
+        if weight.dtype != torch.int8 or weight.device.type != "cpu" or weight.ndim != 2 or weight.stride(1) != 1:
+            raise ValueError(f"weight must be a 2-D int8 CPU tensor with unit column stride, got {weight.dtype}")
+        n = weight.shape[0]
+        if weight.shape[1] != k:
+            raise ValueError(f"weight must have {k} columns, got {tuple(weight.shape)}")
+        _check_float32("scale", scale, (n,))
+        if bias is not None:
+            _check_float32("bias", bias, (n,))
+        y = torch.empty(rows, n, dtype=torch.float32)
+        self._lib.bmos_int8_linear_f32(
+            x.data_ptr(), rows, k, x.stride(0),
+            weight.data_ptr(), n, weight.stride(0),
+            scale.data_ptr(), _pointer(bias),
+            y.data_ptr(), n, torch.get_num_threads(),
+        )  # fmt: skip
         return y
 
     def unpack(self, packed: torch.Tensor, in_features: int, out: torch.Tensor | None = None) -> torch.Tensor:

@@ -7,7 +7,7 @@ from typing import Any
 from transformers.quantizers import register_quantization_config
 
 from ...nn.svid import DEFAULT_SVID_ITERATIONS
-from ...packing import FORMAT_VERSION
+from ...packing import FIRST_FORMAT_VERSION, FORMAT_VERSION
 from ..config_base import DEFAULT_CALIBRATION_TOKENS, MethodConfig, is_int
 
 #: Name under which the method is registered with transformers (``quant_method`` in ``config.json``).
@@ -34,6 +34,11 @@ class BinaryMoSConfig(MethodConfig):
             ``"layers.0"`` keeps the first block, ``"vision_tower"`` a whole sub-model).
         svid_iterations: power iterations for the rank-1 SVID initialization of the scales; ``0`` uses an
             exact SVD (much slower on large matrices, same result to ~1e-6).
+        embedding_bits: ``None`` (the default) keeps the input embeddings and the output head (``lm_head``) in
+            the model's float dtype; ``8`` stores both as int8 codes with one float scale per row
+            (:class:`~optimum_binarymos.nn.int8.Int8Embedding`, :class:`~optimum_binarymos.nn.int8.Int8Linear`),
+            4x smaller than float32 where they dominate a small model, and decoding reads 4x fewer bytes for the
+            head. Applied when the model is converted, so distillation trains against the 8-bit values.
         format_version: version of the packed layout; set when saving, checked when loading.
         checkpoint_form: what a saved checkpoint holds: ``"packed"`` (1-bit, for inference; the default) or
             ``"latent"`` (float latent weights, for resuming training; written inside
@@ -61,7 +66,8 @@ class BinaryMoSConfig(MethodConfig):
         num_experts: int = DEFAULT_NUM_EXPERTS,
         modules_to_not_convert: list[str] | None = None,
         svid_iterations: int = DEFAULT_SVID_ITERATIONS,
-        format_version: int = FORMAT_VERSION,
+        embedding_bits: int | None = None,
+        format_version: int = FIRST_FORMAT_VERSION,
         checkpoint_form: str = "packed",
         dataset: Any = None,
         tokenizer: Any = None,
@@ -79,6 +85,7 @@ class BinaryMoSConfig(MethodConfig):
             tokenizer,
             calibration_tokens,
             kwargs,
+            embedding_bits=embedding_bits,
         )
         self.post_init()
 

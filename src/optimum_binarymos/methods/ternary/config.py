@@ -9,7 +9,7 @@ from transformers.quantizers import register_quantization_config
 
 from ...kernels.ternary import TRITON_GROUP_MULTIPLE
 from ...nn.ternary import DEFAULT_GROUP_SIZE, DEFAULT_INIT_THRESHOLD, SHIFT_INITS
-from ...packing import CODE_PACKINGS, TERNARY_FORMAT_VERSION
+from ...packing import CODE_PACKINGS, FIRST_FORMAT_VERSION, TERNARY_FORMAT_VERSION
 from ..config_base import DEFAULT_CALIBRATION_TOKENS, MethodConfig, is_int
 
 #: Name under which the method is registered with transformers (``quant_method`` in ``config.json``).
@@ -37,6 +37,11 @@ class TernaryConfig(MethodConfig):
         shift_init: initial ``gamma``: ``"mean"`` (the group mean, the default) or ``"zero"`` (symmetric TWN).
         modules_to_not_convert: extra modules to keep in float, as dotted names or name pieces matched on
             whole components (``"mlp.down_proj"``, ``"layers.0"``).
+        embedding_bits: ``None`` (the default) keeps the input embeddings and the output head (``lm_head``) in
+            the model's float dtype; ``8`` stores both as int8 codes with one float scale per row
+            (:class:`~optimum_binarymos.nn.int8.Int8Embedding`, :class:`~optimum_binarymos.nn.int8.Int8Linear`),
+            4x smaller than float32 where they dominate a small model, and decoding reads 4x fewer bytes for the
+            head. Applied when the model is converted, so distillation trains against the 8-bit values.
         format_version: version of the packed ternary layout; set when saving, checked when loading.
         checkpoint_form: ``"packed"`` (trits, for inference; the default) or ``"latent"`` (float latent weights
             for resuming training; written inside :func:`optimum_binarymos.latent_saving`). Set by the library.
@@ -66,7 +71,8 @@ class TernaryConfig(MethodConfig):
         init_threshold: float = DEFAULT_INIT_THRESHOLD,
         shift_init: str = SHIFT_INITS[0],
         modules_to_not_convert: list[str] | None = None,
-        format_version: int = TERNARY_FORMAT_VERSION,
+        embedding_bits: int | None = None,
+        format_version: int = FIRST_FORMAT_VERSION,
         checkpoint_form: str = "packed",
         dataset: Any = None,
         tokenizer: Any = None,
@@ -86,6 +92,7 @@ class TernaryConfig(MethodConfig):
             tokenizer,
             calibration_tokens,
             kwargs,
+            embedding_bits=embedding_bits,
         )
         self.post_init()
 

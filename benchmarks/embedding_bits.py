@@ -1,0 +1,141 @@
+"""What ``embedding_bits=8`` costs in quality and buys in size on SmolLM2-135M, in one run.
+
+Size: whole-model bytes in float16 and as packed checkpoints (OneBit, BinaryMoS E=4, ternary) with float and with
+8-bit embeddings and ``lm_head``, from the model's shapes (:func:`optimum_binarymos.estimate_footprint`, which
+counts exactly what ``save_pretrained`` writes with bfloat16 float parts; ``tests/test_embeddings8.py`` checks it
+against a written file).
+
+Quality: the 8-bit rows on their own, on the real float model. SmolLM2-135M in float32 is evaluated as it is and
+with only its input embeddings and (tied) ``lm_head`` replaced by their 8-bit layers
+(:func:`optimum_binarymos.methods.embeddings.quantize_embeddings`, what ``embedding_bits=8`` does at conversion),
+on the demo's evaluation text (State of the Union addresses from 2000 on, ``--eval-windows`` windows of
+``--seq-len`` tokens, the GPTQ protocol). The 1-bit layers are left out of this measurement on purpose: an
+undistilled 1-bit model has a perplexity near 1e6, where a change from the embeddings cannot be read.
+
+Run from the repository root::
+
+    python benchmarks/embedding_bits.py --output benchmarks/results/embedding_bits-cpu.md
+    python benchmarks/embedding_bits.py --tiny   # smoke run: random 2-layer model, random token ids
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+import transformers
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+import optimum_binarymos
+from optimum_binarymos import BinaryMoSConfig, TernaryConfig, estimate_footprint
+from optimum_binarymos.eval.windows import tokenize_text
+from optimum_binarymos.experiment import evaluate_perplexity
+from optimum_binarymos.footprint import format_bytes
+from optimum_binarymos.hardware import cpu_info
+from optimum_binarymos.methods.embeddings import quantize_embeddings
+
+REPOSITORY = Path(__file__).resolve().parents[1]
+
+METHODS = {
+    "OneBit": lambda bits: BinaryMoSConfig(num_experts=1, embedding_bits=bits),
+    "BinaryMoS E=4": lambda bits: BinaryMoSConfig(num_experts=4, embedding_bits=bits),
+    "ternary (2bit codes, group 128)": lambda bits: TernaryConfig(embedding_bits=bits),
+}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model-dir", type=Path, default=None, help="float HF folder (default: the demo's SmolLM2)")
+    parser.add_argument("--seq-len", type=int, default=256)
+    parser.add_argument("--eval-windows", type=int, default=16)
+    parser.add_argument("--output", type=Path, default=None)
+    parser.add_argument("--tiny", action="store_true", help="random 2-layer SmolLM2 shapes and random ids (smoke run)")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.tiny:
+        from peers_cpu import SMOLLM2_CONFIG
+
+        folder = Path("random-2-layer-smollm2-shapes")
+        config = transformers.LlamaConfig(**{**SMOLLM2_CONFIG, "num_hidden_layers": 2})
+    else:
+        sys.path.insert(0, str(REPOSITORY / "examples"))
+        from demo_assets import smollm2_path
+
+        folder = args.model_dir or smollm2_path()
+        config = AutoConfig.from_pretrained(folder)
+    sizes = []
+    float16 = None
+    for name, make in METHODS.items():
+        for bits in (None, 8):
+            footprint = estimate_footprint(config, make(bits))
+            float16 = footprint.float16_bytes
+            sizes.append((name, bits, footprint.packed_bytes, footprint.ratio))
+
+    if args.tiny:
+        torch.manual_seed(0)
+        eval_ids = torch.randint(0, config.vocab_size, (args.seq_len * args.eval_windows,))
+        model = AutoModelForCausalLM.from_config(config).to(torch.float32).eval()
+    else:
+        from demo_assets.sotu import sotu_eval_text
+
+        eval_ids = tokenize_text(AutoTokenizer.from_pretrained(folder), sotu_eval_text())
+        model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+    start = time.perf_counter()
+    float_ppl = evaluate_perplexity(model, eval_ids, seq_len=args.seq_len, max_windows=args.eval_windows)
+    quantize_embeddings(model)
+    int8_ppl = evaluate_perplexity(model, eval_ids, seq_len=args.seq_len, max_windows=args.eval_windows)
+    seconds = time.perf_counter() - start
+
+    lines = [
+        "# 8-bit embeddings and `lm_head` on SmolLM2-135M-Instruct (`benchmarks/embedding_bits.py`)",
+        "",
+        f"- Model: `{folder.name}` (the demo's folder); vocabulary {config.vocab_size} x hidden {config.hidden_size}, "
+        f"tied head: {config.tie_word_embeddings}.",
+        f"- Machine: `lscpu` {cpu_info()}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads. "
+        f"Python {sys.version.split()[0]}, torch {torch.__version__}, transformers {transformers.__version__}, "
+        f"optimum-binarymos {optimum_binarymos.__version__}.",
+        f"- Date: {datetime.date.today().isoformat()}. Command: `python benchmarks/embedding_bits.py "
+        f"{' '.join(sys.argv[1:] if argv is None else argv)}`.",
+        "",
+        "## Whole-model size (bfloat16 float parts, as `save_pretrained` writes them)",
+        "",
+        f"float16 model: {format_bytes(float16)}.",
+        "",
+        "| packed model | embeddings and `lm_head` | bytes | smaller than float16 |",
+        "|---|---|---|---|",
+        *(
+            f"| {name} | {'8-bit rows' if bits else 'bfloat16'} | {format_bytes(size)} | {ratio:.2f}x |"
+            for name, bits, size, ratio in sizes
+        ),
+        "",
+        "## Perplexity change from the 8-bit rows alone (float32 model, everything else float)",
+        "",
+        f"Evaluation: the demo's text (State of the Union addresses from 2000 on), {args.eval_windows} windows of "
+        f"{args.seq_len} tokens; both rows in {seconds:.0f} s.",
+        "",
+        "| model | perplexity | change |",
+        "|---|---|---|",
+        f"| SmolLM2-135M float32 | {float_ppl:.3f} | |",
+        f"| same, embeddings and tied `lm_head` as 8-bit rows | {int8_ppl:.3f} | {100 * (int8_ppl / float_ppl - 1):+.2f} % |",
+        "",
+    ]
+    report = "\n".join(lines)
+    print(report)
+    if args.output is not None:
+        args.output.write_text(report)
+        record = {"float16_bytes": float16, "sizes": sizes, "float_ppl": float_ppl, "int8_ppl": int8_ppl}
+        args.output.with_suffix(".json").write_text(json.dumps(record, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
