@@ -4,7 +4,10 @@ The model is SmolLM2-135M-Instruct, the demo's: llama.cpp runs the Q4_1 GGUF fil
 CPU user would download and run), transformers runs the folder dequantized from it, in float32 and in bfloat16,
 and the packed models are that folder converted on load (``from_pretrained(..., quantization_config=...)``) and
 packed in memory: OneBit (1 expert), BinaryMoS (4 experts), BinaryMoS with 8-bit embeddings and ``lm_head``
-(``embedding_bits=8``) and ternary, their float parts in float32. The packed models are not distilled: speed does
+(``embedding_bits=8``) and ternary, their float parts in float32. Rows marked "compiled" decode through
+``torch.compile(model.forward, dynamic=False)`` with a ``StaticCache`` (the recipe transformers documents for
+static-cache generation; the packed kernels are torch operators, so the graph holds them); their compilation runs
+in an untimed warm-up, reported apart. The packed models are not distilled: speed does
 not depend on the values of the weights (a distilled model runs the same kernels on the same shapes).
 
 Every model gets the same token ids. Per model, thread count and round:
@@ -46,7 +49,7 @@ from pathlib import Path
 import torch
 import transformers
 from torch import nn
-from transformers import AutoModelForCausalLM, DynamicCache
+from transformers import AutoModelForCausalLM, DynamicCache, StaticCache
 
 import optimum_binarymos
 from optimum_binarymos import BinaryMoSConfig, TernaryConfig, convert_model, pack_model
@@ -61,15 +64,21 @@ PEER_BUILD_NOTE = REPOSITORY / ".venv-peers" / "build-flags.txt"
 
 LLAMA_CPP = "llama.cpp Q4_1 (GGUF)"
 
-#: name -> (dtype of the float parts, quantization config or None for the float model)
+#: name -> (dtype of the float parts, quantization config or None for the float model, compiled)
 TORCH_MODELS = {
-    "transformers float32": (torch.float32, None),
-    "transformers bfloat16": (torch.bfloat16, None),
-    "packed OneBit": (torch.float32, lambda: BinaryMoSConfig(num_experts=1)),
-    "packed BinaryMoS E=4": (torch.float32, lambda: BinaryMoSConfig(num_experts=4)),
-    "packed BinaryMoS E=4, 8-bit embeddings": (torch.float32, lambda: BinaryMoSConfig(num_experts=4, embedding_bits=8)),
-    "packed ternary": (torch.float32, lambda: TernaryConfig()),
-}
+    "transformers float32": (torch.float32, None, False),
+    "transformers float32, compiled": (torch.float32, None, True),
+    "transformers bfloat16": (torch.bfloat16, None, False),
+    "packed OneBit": (torch.float32, lambda: BinaryMoSConfig(num_experts=1), False),
+    "packed BinaryMoS E=4": (torch.float32, lambda: BinaryMoSConfig(num_experts=4), False),
+    "packed BinaryMoS E=4, 8-bit embeddings": (
+        torch.float32, lambda: BinaryMoSConfig(num_experts=4, embedding_bits=8), False,
+    ),
+    "packed BinaryMoS E=4, 8-bit embeddings, compiled": (
+        torch.float32, lambda: BinaryMoSConfig(num_experts=4, embedding_bits=8), True,
+    ),
+    "packed ternary": (torch.float32, lambda: TernaryConfig(), False),
+}  # fmt: skip
 
 #: SmolLM2-135M's shapes, for the random fallback and ``--tiny``.
 SMOLLM2_CONFIG = {
@@ -125,7 +134,7 @@ def model_source(args: argparse.Namespace) -> tuple[Path | None, Path | None, st
 
 
 def load_torch_model(name: str, folder: Path | None, seed: int) -> nn.Module:
-    dtype, make_config = TORCH_MODELS[name]
+    dtype, make_config, _ = TORCH_MODELS[name]
     if folder is None:
         torch.manual_seed(seed)
         config = transformers.LlamaConfig(**{**SMOLLM2_CONFIG, "num_hidden_layers": 2})
@@ -152,19 +161,41 @@ def weight_bytes(model: nn.Module) -> int:
 
 
 class TorchRunner:
-    """Prefill and greedy decode of one transformers model, timed with ``perf_counter``."""
+    """Prefill and greedy decode of one transformers model, timed with ``perf_counter``.
 
-    def __init__(self, model: nn.Module) -> None:
+    ``compiled``: a ``StaticCache`` and the decode step through ``torch.compile(model.forward, dynamic=False)``
+    (the prefill stays eager, as ``generate`` does with a static cache); :meth:`warm_up` compiles before timing.
+    """
+
+    def __init__(self, model: nn.Module, compiled: bool = False, max_cache_len: int = 256) -> None:
         self.model = model
-        self.cache: DynamicCache | None = None
+        self.compiled = compiled
+        self.max_cache_len = max_cache_len
+        self.step = torch.compile(model.forward, dynamic=False) if compiled else model.forward
+        self.cache = None
+        self.position = 0
+
+    def _new_cache(self):
+        if self.compiled:
+            # One static cache, emptied between runs: a new cache object would fail the compiled graph's guards
+            # and recompile.
+            if self.cache is None:
+                return StaticCache(config=self.model.config, max_cache_len=self.max_cache_len)
+            self.cache.reset()
+            return self.cache
+        return DynamicCache(config=self.model.config)
 
     @torch.inference_mode()
     def prefill(self, prompt: list[int]) -> tuple[float, int]:
         ids = torch.tensor([prompt])
         start = time.perf_counter()
-        self.cache = DynamicCache(config=self.model.config)
-        logits = self.model(input_ids=ids, past_key_values=self.cache, use_cache=True, logits_to_keep=1).logits
+        self.cache = self._new_cache()
+        logits = self.model(
+            input_ids=ids, past_key_values=self.cache, use_cache=True, logits_to_keep=1,
+            cache_position=torch.arange(len(prompt)),
+        ).logits  # fmt: skip
         token = int(logits[0, -1].argmax())
+        self.position = len(prompt)
         return time.perf_counter() - start, token
 
     @torch.inference_mode()
@@ -172,8 +203,19 @@ class TorchRunner:
         current = torch.tensor([[token]])
         start = time.perf_counter()
         for _ in range(steps):
-            logits = self.model(input_ids=current, past_key_values=self.cache, use_cache=True).logits
+            position = torch.tensor([self.position])
+            logits = self.step(
+                input_ids=current, past_key_values=self.cache, use_cache=True, cache_position=position
+            ).logits
             current = logits[:, -1:].argmax(-1)
+            self.position += 1
+        return time.perf_counter() - start
+
+    def warm_up(self, prompt: list[int]) -> float:
+        """Seconds of one untimed prefill and two decode steps (the compilation, when compiled)."""
+        start = time.perf_counter()
+        _, token = self.prefill(prompt)
+        self.decode(token, 2)
         return time.perf_counter() - start
 
 
@@ -230,6 +272,7 @@ def run(args: argparse.Namespace) -> dict:
     prompt = prompt_ids(folder, args.prompt_tokens, args.seed)
     runners: dict[tuple[str, int], object] = {}
     weights: dict[str, int] = {}
+    warm_up: dict[str, float] = {}
     peer: dict = {}
     for name in names:
         if name == LLAMA_CPP:
@@ -247,7 +290,8 @@ def run(args: argparse.Namespace) -> dict:
             print(f"loading {name}", file=sys.stderr, flush=True)
             model = load_torch_model(name, folder, args.seed)
             weights[name] = weight_bytes(model)
-            runner = TorchRunner(model)
+            runner = TorchRunner(model, compiled=TORCH_MODELS[name][2], max_cache_len=args.prompt_tokens + args.new_tokens + 8)
+            warm_up[name] = runner.warm_up(prompt)
             for threads in args.threads:
                 runners[(name, threads)] = runner
 
@@ -274,6 +318,7 @@ def run(args: argparse.Namespace) -> dict:
         "names": names,
         "threads": args.threads,
         "weights": weights,
+        "warm_up_seconds": warm_up,
         "samples": {f"{name}|{threads}": value for (name, threads), value in samples.items()},
         "peer": peer,
         "machine": machine(),
@@ -339,6 +384,11 @@ def render(result: dict) -> str:
             if has_peer:
                 row.append(f"{figures['decode'] / median[f'{LLAMA_CPP}|{count}']['decode']:.2f}x")
         lines.append("| " + " | ".join(row) + " |")
+    compiled = {name: seconds for name, seconds in result.get("warm_up_seconds", {}).items() if "compiled" in name}
+    if compiled:
+        lines += ["", "Untimed warm-up (one prefill and two decode steps, the compilation included): " + ", ".join(
+            f"{name} {seconds:.0f} s" for name, seconds in compiled.items()
+        ) + "."]
     lines += ["", "Ratios to transformers float32 at the same thread count (decode / prefill):", ""]
     reference = "transformers float32"
     if reference in names:

@@ -372,7 +372,7 @@ def ladder_row(name: str, layer: PackedBinaryMoSLinear, dense: nn.Linear, iterat
     kernels = native_kernels()
     x = torch.randn(1, 1, layer.in_features)
     flat = x.reshape(1, -1)
-    gates = layer.router_gates(flat)
+    router = None if layer.router_weight is None else layer.router_weight.float().contiguous()
     scale_in = layer.scale_in.float().contiguous()
     scale_out = layer.scale_out.float().contiguous()
     bias = None if layer.bias is None else layer.bias.float().contiguous()
@@ -381,7 +381,7 @@ def ladder_row(name: str, layer: PackedBinaryMoSLinear, dense: nn.Linear, iterat
         y = torch.empty(1, layer.out_features)
         arguments = (
             flat.data_ptr(), 1, layer.in_features, flat.stride(0),
-            None if gates is None else gates.data_ptr(), layer.num_experts,
+            None, layer.num_experts, None if router is None else router.data_ptr(),
             scale_in.data_ptr(), scale_out.data_ptr(), None if bias is None else bias.data_ptr(),
             layer.weight.data_ptr(), layer.out_features, layer.weight.stride(0),
             y.data_ptr(), layer.out_features, torch.get_num_threads(),
@@ -389,13 +389,14 @@ def ladder_row(name: str, layer: PackedBinaryMoSLinear, dense: nn.Linear, iterat
         bare = kernels._lib.bmos_linear_f32  # the C function itself: private, measured on purpose
         row["c_kernel"] = time_call(lambda: bare(*arguments), iterations)
         row["native_linear"] = time_call(
-            lambda: kernels.linear(flat, layer.weight, layer.in_features, scale_in, scale_out, gates, bias),
+            lambda: kernels.linear(flat, layer.weight, layer.in_features, scale_in, scale_out, None, bias, router),
             iterations,
         )
     backend = layer.kernel_backend
     row["op"] = time_call(
         lambda: ops.packed_linear(
-            flat, layer.weight, layer.in_features, layer.scale_in, layer.scale_out, gates, layer.bias, backend
+            flat, layer.weight, layer.in_features, layer.scale_in, layer.scale_out, None, layer.bias, backend,
+            layer.router_weight,
         ),
         iterations,
     )
@@ -550,8 +551,9 @@ def render(
     lines += [
         "### Cost ladder of one linear at one token (us per call, no profiler)",
         "",
-        "Layer 0's seven linears, each level wrapping the one to its left; `router` is `router_gates` alone "
-        "(`F.linear` to 4 logits + softmax), which the module forward includes. Each figure is the best of 7 "
+        "Layer 0's seven linears, each level wrapping the one to its left; the C kernel computes the router's "
+        "gates itself (the layer passes its router weight); `router` is `router_gates` alone (`F.linear` to 4 "
+        "logits + softmax in torch), what that saves. Each figure is the best of 7 "
         "batches of back-to-back calls, so one layer's weights stay in cache and the kernel's worker threads "
         "stay awake: the float row is a hot-cache figure (in the model the float weights stream from memory: "
         f"{fp['category_us'].get('kernel', 0.0) / max(counts['dense'], 1):.0f} us per float linear, profiled), "
@@ -623,11 +625,12 @@ def findings(packed_ms, float_ms, pp, fp, sums, router, layers, head) -> list[st
             f" Timed alone, the {7 * layers} packed layers cost {module_ms:.2f} ms per token through their module "
             f"forward but {c_ms:.2f} ms in the C kernel itself ({sums['c_kernel'] * 1e6 / 7:.1f} us per call on "
             f"average): {module_ms - c_ms:.2f} ms ({100 * (module_ms - c_ms) / packed_ms:.0f} % of the unprofiled "
-            f"step) is wrapper: the router (`F.linear` + softmax) {router * layers * 1e3:.2f} ms, "
+            f"step) is wrapper (the gates are computed inside the C kernel): "
             f"`NativeKernels.linear`'s checks and allocation "
             f"{(sums['native_linear'] - sums['c_kernel']) * layers * 1e3:.2f} ms, the torch op's dispatch and "
             f"Python body {(sums['op'] - sums['native_linear']) * layers * 1e3:.2f} ms, the module forward's own "
-            f"code {(sums['module'] - sums['op'] - router) * layers * 1e3:.2f} ms."
+            f"code {(sums['module'] - sums['op']) * layers * 1e3:.2f} ms. Computed in torch instead, the "
+            f"router alone (`F.linear` + softmax) would cost {router * layers * 1e3:.2f} ms."
         )
     out.append(bullet)
     out.append(

@@ -173,3 +173,44 @@ def test_inductor_compiles_packed_models(method):
     eager = logits(model, ids)
     compiled = torch.compile(model, fullgraph=True)
     assert_compiled_matches_eager(logits(compiled, ids), eager)
+
+
+def test_static_cache_decode_with_8_bit_embeddings_compiles_whole_and_matches_eager():
+    """The decode loop of generate() with a static cache, as compiled: one token per step, the int8 head and
+    embeddings and the packed layers all operators of one graph, no recompilation from step to step."""
+    torch.manual_seed(0)
+    config = transformers.LlamaConfig(
+        vocab_size=VOCAB, hidden_size=HIDDEN, intermediate_size=INTERMEDIATE, num_hidden_layers=1,
+        num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True,
+    )  # fmt: skip
+    model = AutoModelForCausalLM.from_config(config).eval()
+    optimum_binarymos.convert_model(model, BinaryMoSConfig(num_experts=4, embedding_bits=8))
+    model = optimum_binarymos.pack_model(model)
+    prompt = input_ids()[:1]
+
+    def decode(step, steps: int = 4) -> torch.Tensor:
+        cache = transformers.StaticCache(config=model.config, max_cache_len=16)
+        with torch.no_grad():
+            positions = torch.arange(prompt.shape[1])
+            out = model(prompt, past_key_values=cache, cache_position=positions, use_cache=True)
+            token, collected = out.logits[:, -1:].argmax(-1), []
+            for index in range(steps):
+                position = torch.tensor([prompt.shape[1] + index])
+                logits_ = step(input_ids=token, past_key_values=cache, cache_position=position, use_cache=True).logits
+                collected.append(logits_)
+                token = logits_[:, -1:].argmax(-1)
+        return torch.cat(collected, dim=1)
+
+    eager = decode(model.forward)
+    with torch.no_grad():
+        cache = transformers.StaticCache(config=model.config, max_cache_len=16)
+        explanation = torch._dynamo.explain(model.forward)(
+            input_ids=prompt[:, :1], past_key_values=cache, cache_position=torch.tensor([0]), use_cache=True
+        )
+    assert explanation.graph_break_count == 0, [reason.reason for reason in explanation.break_reasons]
+    assert kernel_nodes(explanation.graphs[0], "int8_linear") == 1  # the head, once
+    torch._dynamo.reset()
+    counter = torch._dynamo.testing.CompileCounter()
+    compiled = torch.compile(model.forward, backend=counter, fullgraph=True, dynamic=False)
+    assert_compiled_matches_eager(decode(compiled), eager)
+    assert counter.frame_count == 1  # every decode step reuses the one graph

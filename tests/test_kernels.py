@@ -310,6 +310,52 @@ def test_a_packed_layer_on_cpu_runs_the_native_kernel(monkeypatch):
     assert calls == {"linear": 1}
 
 
+def router_case(tokens: int, dtype=torch.float32, seed: int = 0):
+    """A mixture case given by its router weight, with the gates written here: softmax of the logits in the
+    activations' dtype, in float32 (the layers' definition)."""
+    case, _ = make_case(tokens, experts=4, bias=True, dtype=dtype, seed=seed)
+    generator = torch.Generator().manual_seed(seed + 100)
+    router = (0.05 * torch.randn(4, K, generator=generator)).to(dtype)
+    x = case["x"][:, :K]
+    logits = (x.double() @ router.double().T).to(dtype).float()
+    gates = torch.exp(logits - logits.amax(-1, keepdim=True))
+    gates = gates / gates.sum(-1, keepdim=True)
+    expected = reference(x, case["packed"][:, : -(-K // 8)].contiguous(), K, case["scale_in"], case["scale_out"], gates, case["bias"])
+    return {**case, "gates": None, "router_weight": router}, expected
+
+
+@pytest.mark.parametrize("tokens", [1, 3, 40])
+def test_router_weight_instead_of_gates_matches_the_formula(monkeypatch, tokens):
+    """Few tokens: the native kernel computes the gates itself (one call, no gate tensor built); more tokens:
+    the torch path computes them first."""
+    calls = record_native_calls(monkeypatch)
+    case, expected = router_case(tokens, seed=tokens)
+    assert_matches(binarymos_linear(**case, backend="torch"), expected, torch.float32)
+    assert calls["linear"] == (1 if tokens <= torch_backend.NATIVE_MAX_TOKENS else 0)
+
+
+def test_native_kernel_computes_the_gates_from_the_router():
+    kernels = native_kernels()
+    case, expected = router_case(2, seed=5)
+    x = case["x"][:, :K].contiguous()
+    arguments = dict(packed=case["packed"], in_features=K, scale_in=case["scale_in"], scale_out=case["scale_out"])
+    y = kernels.linear(x, **arguments, gates=None, bias=case["bias"], router=case["router_weight"])
+    assert_matches(y, expected, torch.float32)
+    with pytest.raises(ValueError, match="the gates or the router weight, not both"):
+        kernels.linear(x, **arguments, gates=torch.ones(2, 4) / 4, bias=None, router=case["router_weight"])
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_router_weight_in_half_precision_matches_the_formula(dtype):
+    case, expected = router_case(3, dtype=dtype, seed=9)
+    assert_matches(binarymos_linear(**case, backend="torch"), expected, dtype)
+
+
+def test_router_weight_on_triton_matches_the_formula(triton_linear):
+    case, expected = router_case(3, seed=11)
+    assert_matches(binarymos_linear(**case, backend="triton"), expected, torch.float32)
+
+
 def test_portable_c_loop_matches_the_formula(tmp_path):
     kernels = NativeKernels(build_library(cache_dir=tmp_path, extra_flags=("-DBINARYMOS_PORTABLE",)))
     assert kernels.simd == "portable"

@@ -22,7 +22,7 @@ package's user cache directory (:func:`optimum_binarymos.cache.default_cache_dir
 
 from __future__ import annotations
 
-from .smollm2 import SMOLLM2_WHEEL_SPEC, default_cache_dir, folder_size_bytes, smollm2_path
+from .smollm2 import SMOLLM2_WHEEL_SPEC, default_cache_dir, folder_size_bytes, smollm2_gguf, smollm2_path
 from .sotu import (
     DEFAULT_EVAL_FROM_YEAR,
     SOTU_NPM_SPEC,
@@ -41,6 +41,7 @@ __all__ = [
     "SotuAddress",
     "default_cache_dir",
     "folder_size_bytes",
+    "smollm2_gguf",
     "smollm2_path",
     "sotu_addresses",
     "sotu_eval_text",

@@ -92,6 +92,7 @@ def binarymos_linear(
     gates: torch.Tensor | None = None,
     bias: torch.Tensor | None = None,
     backend: str | None = None,
+    router_weight: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Packed BinaryMoS linear on the backend :func:`select_backend` picks for ``backend`` and ``x``'s device.
 
@@ -107,6 +108,9 @@ def binarymos_linear(
         bias: ``(out_features,)`` or None.
         backend: ``"auto"``, ``"triton"`` or ``"torch"`` (:mod:`.dispatch`); None reads ``BINARYMOS_BACKEND``
             now. Packed layers pass their ``kernel_backend``.
+        router_weight: ``(E, in_features)``, given instead of ``gates``: the gates are then
+            ``softmax(x @ router_weight^T)``, computed inside the kernel where it can (the native CPU kernel), so a
+            layer makes one call per forward. Packed layers pass theirs.
 
     Returns:
         ``(..., out_features)`` in ``x``'s dtype. No gradient flows through it (inference only).
@@ -124,8 +128,14 @@ def binarymos_linear(
             f"scale_in {tuple(scale_in.shape)} and scale_out {tuple(scale_out.shape)} must be "
             f"({experts}, {in_features}) and ({experts}, {out_features})"
         )
-    if gates is None and experts != 1:
-        raise ValueError(f"gates are required with {experts} experts")
+    if gates is not None and router_weight is not None:
+        raise ValueError("give the gates or the router weight, not both")
+    if router_weight is not None and router_weight.shape != (experts, in_features):
+        raise ValueError(
+            f"router_weight must have shape {(experts, in_features)}, got {tuple(router_weight.shape)}"
+        )
+    if gates is None and router_weight is None and experts != 1:
+        raise ValueError(f"gates or router_weight are required with {experts} experts")
     if gates is not None and gates.shape != (*x.shape[:-1], experts):
         raise ValueError(f"gates must have shape {(*x.shape[:-1], experts)}, got {tuple(gates.shape)}")
     flat = x.reshape(-1, in_features)
@@ -135,5 +145,5 @@ def binarymos_linear(
     if backend is None:
         backend = requested_backend()
     # The operator in every mode: one node under torch.compile, a few microseconds of dispatch in eager mode.
-    y = ops.packed_linear(flat, packed, in_features, scale_in, scale_out, flat_gates, bias, backend)
+    y = ops.packed_linear(flat, packed, in_features, scale_in, scale_out, flat_gates, bias, backend, router_weight)
     return y.reshape(*x.shape[:-1], out_features)

@@ -4,7 +4,8 @@ Eager forwards, ``torch.compile`` (any backend), ``torch.export`` and FX tracing
 operators, so the compiler sees a packed layer as one node of known output shape (the fake implementations
 below) instead of breaking its graph at an opaque ctypes or Triton call:
 
-* ``optimum_binarymos::packed_linear(x, packed, in_features, scale_in, scale_out, gates, bias, backend)``
+* ``optimum_binarymos::packed_linear(x, packed, in_features, scale_in, scale_out, gates, bias, backend,
+  router_weight)`` (the router weight instead of the gates: the kernel mixes the scales itself)
 * ``optimum_binarymos::ternary_matmul(x, codes, scale, shift, in_features, group_size, code_packing, backend)``
 * ``optimum_binarymos::int8_linear(x, codes, scale, bias)`` (8-bit ``lm_head``, :mod:`.int8`)
 
@@ -23,6 +24,8 @@ import torch
 from .dispatch import select_backend
 from .int8 import int8_linear as int8_linear_inference
 from .ternary import ternary_matmul_inference
+from .torch_backend import packed_linear as torch_packed_linear
+from .torch_backend import router_gates
 
 NAMESPACE = "optimum_binarymos"
 
@@ -38,20 +41,25 @@ def run_packed_linear(
     gates: torch.Tensor | None,
     bias: torch.Tensor | None,
     backend: str = "auto",
+    router_weight: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """``((x * s_in) @ sign(W)^T) * s_out + bias``: ``x`` ``(M, K)`` -> ``(M, N)`` in ``x``'s dtype, on the
     backend ``backend`` resolves to for ``x``'s device (the body of ``optimum_binarymos::packed_linear``;
     arguments as :func:`optimum_binarymos.kernels.binarymos_linear`)."""
     if select_backend(x.device, backend) == "triton":
-        from .triton.linear import packed_linear as backend_linear
-    else:
-        from .torch_backend import packed_linear as backend_linear
-    return backend_linear(x, packed, in_features, scale_in, scale_out, gates, bias)
+        from .triton.linear import packed_linear as triton_linear
+
+        if gates is None and router_weight is not None:
+            gates = router_gates(x, router_weight)
+        return triton_linear(x, packed, in_features, scale_in, scale_out, gates, bias)
+    return torch_packed_linear(
+        x, packed, in_features, scale_in, scale_out, gates, bias, router_weight=router_weight
+    )
 
 
 _LIBRARY.define(
     "packed_linear(Tensor x, Tensor packed, SymInt in_features, Tensor scale_in, Tensor scale_out, "
-    'Tensor? gates, Tensor? bias, str backend="auto") -> Tensor'
+    'Tensor? gates, Tensor? bias, str backend="auto", Tensor? router_weight=None) -> Tensor'
 )
 _LIBRARY.impl("packed_linear", run_packed_linear, "CompositeExplicitAutograd")
 _LIBRARY.define(
@@ -64,7 +72,7 @@ _LIBRARY.impl("int8_linear", int8_linear_inference, "CompositeExplicitAutograd")
 
 
 @torch.library.register_fake(f"{NAMESPACE}::packed_linear")
-def _(x, packed, in_features, scale_in, scale_out, gates, bias, backend="auto"):
+def _(x, packed, in_features, scale_in, scale_out, gates, bias, backend="auto", router_weight=None):
     return x.new_empty(x.shape[0], packed.shape[0])
 
 

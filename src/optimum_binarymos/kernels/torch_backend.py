@@ -42,6 +42,7 @@ def packed_linear(
     gates: torch.Tensor | None = None,
     bias: torch.Tensor | None = None,
     use_native: bool = True,
+    router_weight: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """``((x * s_in) @ sign(W)^T) * s_out + bias`` for 2-D ``x``.
 
@@ -53,6 +54,8 @@ def packed_linear(
         gates: ``(M, E)`` float32 router weights (softmax output), or None when ``E == 1``.
         bias: ``(N,)`` or None.
         use_native: allow the native CPU kernel (False: pure torch, unpack and matmul).
+        router_weight: ``(E, K)``, given instead of ``gates``: the gates are ``softmax(x @ router_weight^T)``
+            (computed by the native kernel itself when it runs).
 
     Returns:
         ``(M, N)`` in ``x``'s dtype.
@@ -64,13 +67,22 @@ def packed_linear(
         if x.stride(-1) != 1:
             x = x.contiguous()
         return kernels.linear(
-            x, packed, in_features, _float32(scale_in), _float32(scale_out), _float32(gates), _float32(bias)
-        )
+            x, packed, in_features, _float32(scale_in), _float32(scale_out), _float32(gates), _float32(bias),
+            _float32(router_weight),
+        )  # fmt: skip
+    if gates is None and router_weight is not None:
+        gates = router_gates(x, router_weight)
     s_in, s_out = mixed_scales(gates, scale_in, scale_out, x.dtype)
     y = signed_sums(x * s_in, packed, in_features, kernels) * s_out
     if bias is not None:
         y = y + bias.to(x.dtype)
     return y
+
+
+def router_gates(x: torch.Tensor, router_weight: torch.Tensor) -> torch.Tensor:
+    """``softmax(x @ router_weight^T)`` ``(M, E)`` in float32, the logits in ``x``'s dtype as the layers compute
+    them."""
+    return torch.softmax(torch.nn.functional.linear(x, router_weight.to(x.dtype)).float(), dim=-1)
 
 
 def _float32(tensor: torch.Tensor | None) -> torch.Tensor | None:

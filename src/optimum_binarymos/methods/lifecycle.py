@@ -315,6 +315,12 @@ class PackingHfQuantizer(HfQuantizer):
         return True
 
     @property
+    def is_compileable(self) -> bool:
+        # The packed kernels are torch operators with fake implementations: generate() may compile the forward
+        # (with a static cache) as it does for float models.
+        return True
+
+    @property
     def is_qat_trainable(self) -> bool:
         # The latent form trains directly; a packed model trains only through adapters.
         return not self.holds_packed_layers

@@ -7,6 +7,7 @@
  *
  * bmos_linear_f32 computes, for M rows of float32 activations,
  *
+ *     g     = softmax(x @ R^T)                  (when the caller passes the router R instead of the gates)
  *     s_in  = g @ S_in,  s_out = g @ S_out      (row 0 of the tables when there is no router)
  *     y     = ((x * s_in) @ sign(W)^T) * s_out + bias
  *
@@ -31,6 +32,7 @@
  *
  * Output rows are split into tasks shared by the caller and the helper threads of task_pool.h.
  */
+#include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -136,6 +138,46 @@ ALWAYS_INLINE void signed_sums(const float* xs, int64_t ld, const int mt, const 
 }
 #endif
 
+/* sum_k a[k] * b[k] in float32. */
+static float dot_f32(const float* a, const float* b, int64_t K) {
+    int64_t k = 0;
+    float total = 0.0f;
+#if BMOS_AVX2
+    __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
+    for (; k + 32 <= K; k += 32)
+        for (int i = 0; i < 4; i++)
+            acc[i] = _mm256_add_ps(acc[i], _mm256_mul_ps(_mm256_loadu_ps(a + k + 8 * i), _mm256_loadu_ps(b + k + 8 * i)));
+    for (; k + 8 <= K; k += 8) acc[0] = _mm256_add_ps(acc[0], _mm256_mul_ps(_mm256_loadu_ps(a + k), _mm256_loadu_ps(b + k)));
+    const __m256 sum = _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]));
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(sum), _mm256_extractf128_ps(sum, 1));
+    s = _mm_hadd_ps(s, s);
+    s = _mm_hadd_ps(s, s);
+    total = _mm_cvtss_f32(s);
+#else
+    float acc[8] = {0};
+    for (; k + 8 <= K; k += 8)
+        for (int j = 0; j < 8; j++) acc[j] += a[k + j] * b[k + j];
+    for (int j = 0; j < 8; j++) total += acc[j];
+#endif
+    for (; k < K; k++) total += a[k] * b[k];
+    return total;
+}
+
+/* gates (E) = softmax(x (K) @ router (E, K)^T), in float32 with the maximum subtracted. */
+static void router_softmax(const float* x, const float* router, int64_t E, int64_t K, float* gates) {
+    float largest = -INFINITY;
+    for (int64_t e = 0; e < E; e++) {
+        gates[e] = dot_f32(x, router + e * K, K);
+        if (gates[e] > largest) largest = gates[e];
+    }
+    float total = 0.0f;
+    for (int64_t e = 0; e < E; e++) {
+        gates[e] = expf(gates[e] - largest);
+        total += gates[e];
+    }
+    for (int64_t e = 0; e < E; e++) gates[e] /= total;
+}
+
 /* Mixed scale at position i: sum_e g[e] * table[e * stride + i]; table[i] without gates; 1 without table. */
 ALWAYS_INLINE float mixed_scale(const float* g, int64_t e_count, const float* table, int64_t stride,
                                 int64_t i) {
@@ -191,20 +233,27 @@ static void linear_task(const void* opaque, int64_t task) {
 
 /*
  * y (M, N), row stride ldy, float32 = ((x * s_in) @ sign(W)^T) * s_out + bias.
- *   x (M, K) row stride ldx; gates (M, E) contiguous or NULL (then row 0 of the tables is used);
+ *   x (M, K) row stride ldx; gates (M, E) contiguous, or NULL: then with router (E, K) contiguous the gates are
+ *   computed here (softmax of x @ router^T), and without it row 0 of the tables is used;
  *   scale_in (E, K), scale_out (E, N) contiguous, or NULL for a scale of 1; bias (N) or NULL;
  *   packed (N, ceil(K / 8)) row stride ldw; num_threads: the caller plus helpers of the pool.
  * Returns 0, or -1 when scratch memory cannot be allocated.
  */
 int bmos_linear_f32(const float* x, int64_t M, int64_t K, int64_t ldx, const float* gates, int64_t E,
-                    const float* scale_in, const float* scale_out, const float* bias, const uint8_t* packed,
+                    const float* router, const float* scale_in, const float* scale_out, const float* bias, const uint8_t* packed,
                     int64_t N, int64_t ldw, float* y, int64_t ldy, int num_threads) {
     if (M == 0 || N == 0) return 0;
     const int64_t kb = (K + 7) / 8;
     const int64_t ld = kb * 8; /* scaled activations are zero-padded to whole bytes of weights */
-    float* xs = (float*)malloc((size_t)(M * ld + M) * sizeof(float));
+    const int route = gates == NULL && router != NULL;
+    float* xs = (float*)malloc((size_t)(M * ld + M + (route ? M * E : 0)) * sizeof(float));
     if (xs == NULL) return -1;
     float* totals = xs + M * ld;
+    if (route) {
+        float* computed = totals + M;
+        for (int64_t m = 0; m < M; m++) router_softmax(x + m * ldx, router, E, K, computed + m * E);
+        gates = computed;
+    }
     /* The prologue is M * K * E multiply-adds against M * N * K / 8 steps of the main loop: serial. */
     for (int64_t m = 0; m < M; m++) {
         const float* g = gates == NULL ? NULL : gates + m * E;

@@ -59,7 +59,7 @@ class NativeKernels:
         self._lib.bmos_linear_f32.restype = ctypes.c_int
         self._lib.bmos_linear_f32.argtypes = [
             _PTR, _I64, _I64, _I64,  # x, M, K, ldx
-            _PTR, _I64,  # gates, E
+            _PTR, _I64, _PTR,  # gates, E, router
             _PTR, _PTR, _PTR,  # scale_in, scale_out, bias
             _PTR, _I64, _I64,  # packed, N, ldw
             _PTR, _I64, ctypes.c_int,  # y, ldy, threads
@@ -88,6 +88,7 @@ class NativeKernels:
         scale_out: torch.Tensor | None,
         gates: torch.Tensor | None,
         bias: torch.Tensor | None,
+        router: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """``((x * s_in) @ sign(W)^T) * s_out + bias`` with the mixture of scales fused, all in float32.
 
@@ -98,8 +99,10 @@ class NativeKernels:
             scale_in: ``(E, K)`` float32 contiguous, or None for no input scale (then scale_out and gates
                 are None too).
             scale_out: ``(E, N)`` float32 contiguous, or None.
-            gates: ``(M, E)`` float32 contiguous router weights, or None when ``E == 1``.
+            gates: ``(M, E)`` float32 contiguous router weights, or None when ``E == 1`` or ``router`` is given.
             bias: ``(N,)`` float32 or None.
+            router: ``(E, K)`` float32 contiguous router weight: the kernel computes the gates,
+                ``softmax(x @ router^T)``, itself (``gates`` is then None).
 
         Returns:
             ``(M, N)`` float32.
@@ -115,9 +118,13 @@ class NativeKernels:
         if scale_in is not None:
             _check_float32("scale_in", scale_in, (experts, in_features))
             _check_float32("scale_out", scale_out, (experts, n))
-        if gates is None:
+        if router is not None:
+            if gates is not None:
+                raise ValueError("give the gates or the router weight, not both")
+            _check_float32("router", router, (experts, in_features))
+        elif gates is None:
             if experts != 1:
-                raise ValueError(f"gates are required with {experts} experts")
+                raise ValueError(f"gates or the router weight are required with {experts} experts")
         else:
             _check_float32("gates", gates, (rows, experts))
         if bias is not None:
@@ -125,7 +132,7 @@ class NativeKernels:
         y = torch.empty(rows, n, dtype=torch.float32)
         status = self._lib.bmos_linear_f32(
             x.data_ptr(), rows, in_features, x.stride(0),
-            _pointer(gates), experts,
+            _pointer(gates), experts, _pointer(router),
             _pointer(scale_in), _pointer(scale_out), _pointer(bias),
             packed.data_ptr(), n, packed.stride(0),
             y.data_ptr(), n, torch.get_num_threads(),
