@@ -481,3 +481,36 @@ def test_plain_trainer_trains_the_latent_model(float_checkpoint, tmp_path):
     transformers.Trainer(model=model, args=args, train_dataset=dataset).train()
     for name, value in before.items():
         assert not torch.equal(value, model.get_parameter(name)), name  # weight, scale and shift all moved
+
+
+@pytest.mark.parametrize("in_features", [301, 256, 40])
+@pytest.mark.parametrize("tokens", [1, 3, 33])
+def test_native_ternary_kernel_matches_the_formula(in_features, tokens, monkeypatch):
+    """Few float32 tokens with 2-bit codes take the native kernel; the reference is written here in float64 from
+    the unpacked trits, ``W = alpha * T + gamma`` per group. 301 columns: a partial last group (45 of 64 columns,
+    its last byte holding one code), read without going past the row's 76 bytes."""
+    from optimum_binarymos.kernels import ternary as ternary_kernels
+    from optimum_binarymos.kernels.native import NativeKernels, native_kernels
+    from optimum_binarymos.packing import pack_ternary, unpack_ternary
+
+    if native_kernels() is None:
+        pytest.skip("the native CPU kernels did not build on this machine")
+    generator = torch.Generator().manual_seed(in_features + tokens)
+    out_features, group_size = 37, 64 if in_features > 64 else 16
+    groups = -(-in_features // group_size)
+    trits = torch.randint(-1, 2, (out_features, in_features), generator=generator)
+    codes = pack_ternary(trits, "2bit")
+    scale = 0.01 + 0.05 * torch.rand(out_features, groups, generator=generator)
+    shift = 0.01 * torch.randn(out_features, groups, generator=generator)
+    x = nan_padded(torch.randn(tokens, in_features, generator=generator))
+    dense = unpack_ternary(codes, in_features, "2bit", dtype=torch.float64)
+    column_groups = torch.arange(in_features) // group_size
+    weight = dense * scale.double()[:, column_groups] + shift.double()[:, column_groups]
+    expected = x.double() @ weight.T
+    calls = []
+    original = NativeKernels.ternary
+    monkeypatch.setattr(NativeKernels, "ternary", lambda self, *a: calls.append(1) or original(self, *a))
+    got = ternary_matmul(x, codes, scale, shift, in_features, group_size, "2bit", backend="torch")
+    assert got.dtype == torch.float32 and torch.isfinite(got).all()
+    torch.testing.assert_close(got.double(), expected, rtol=1e-5, atol=1e-5)
+    assert calls == ([1] if tokens <= ternary_kernels.NATIVE_MAX_TOKENS else [])

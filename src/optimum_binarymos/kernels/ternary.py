@@ -5,7 +5,10 @@ per-group scale ``alpha`` and shift ``gamma`` ``(N, G)``::
 
     y = sum_g alpha_g * (x_g @ T_g^T) + gamma_g * sum(x_g)        # (..., N)
 
-The shift costs one group-sum of ``x``; ``T`` never becomes a float weight with the shift folded in.
+The shift costs one group-sum of ``x``; ``T`` never becomes a float weight with the shift folded in. On CPU, few
+float32 tokens with ``"2bit"`` codes take the native C kernel (:meth:`~optimum_binarymos.kernels.native.NativeKernels.
+ternary`), which reads the codes a byte at a time and never unpacks a weight; everything else unpacks and
+multiplies (``"base3"`` codes, half-precision activations, which follow the latent layer's rounding steps).
 The backend is a name of :mod:`.dispatch` (``auto`` | ``triton`` | ``torch``: a packed layer passes its
 ``kernel_backend``; None reads ``BINARYMOS_BACKEND`` at the call), resolved when the kernel runs to ``"triton"``
 (:mod:`.triton.ternary`; CUDA tensors, or CPU tensors under ``TRITON_INTERPRET=1``) or ``"torch"`` (any device,
@@ -24,6 +27,10 @@ import torch.nn.functional as F
 from ..packing import unpack_ternary
 from ..recompute import linear_recomputing_weight
 from .dispatch import requested_backend, select_backend, validate_backend
+from .native import native_kernels
+
+#: Largest number of tokens sent to the native kernel (like the BinaryMoS one, its cost grows with the tokens).
+NATIVE_MAX_TOKENS = 32
 
 #: The Triton kernel tiles each group by at least 16 columns (the smallest ``tl.dot`` tile).
 TRITON_GROUP_MULTIPLE = 16
@@ -113,6 +120,22 @@ def ternary_matmul_inference(
         from .triton.ternary import ternary_matmul_triton
 
         return ternary_matmul_triton(x, codes, scale, shift, group_size, code_packing)
+    if (
+        x.device.type == "cpu"
+        and x.dtype == torch.float32
+        and code_packing == "2bit"
+        and group_size % 8 == 0
+        and x.shape[0] <= NATIVE_MAX_TOKENS
+    ):
+        kernels = native_kernels()
+        if kernels is not None:
+            return kernels.ternary(
+                x if x.stride(-1) == 1 else x.contiguous(),
+                codes if codes.stride(-1) == 1 else codes.contiguous(),
+                scale.to(torch.float32).contiguous(),
+                shift.to(torch.float32).contiguous(),
+                group_size,
+            )
     return ternary_matmul_torch(x, codes, scale, shift, in_features, group_size, code_packing)
 
 

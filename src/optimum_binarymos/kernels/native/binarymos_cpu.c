@@ -30,6 +30,13 @@
  * row (the 8-bit embeddings and lm_head of packing.py's row layout): each group of 8 weights is widened once
  * and multiplied into every row of the tile of activations.
  *
+ * bmos_ternary_f32 computes the packed ternary product of packing.py's "2bit" layout (codes T + 1, 4 per byte,
+ * least significant pair first) with per-group scale alpha and shift gamma,
+ *
+ *     y[m, n] = sum_g alpha[n, g] * (x_g . T[n]_g) + gamma[n, g] * sum(x_g),
+ *
+ * each byte of codes decoded through a 256-entry table of four trits; the group sums of x are computed once.
+ *
  * Output rows are split into tasks shared by the caller and the helper threads of task_pool.h.
  */
 #include <math.h>
@@ -62,6 +69,17 @@ static float SIGNS[256][8] __attribute__((aligned(32)));
 __attribute__((constructor)) static void fill_sign_table(void) {
     for (int byte = 0; byte < 256; byte++)
         for (int j = 0; j < 8; j++) SIGNS[byte][j] = ((byte >> j) & 1) ? 1.0f : -1.0f;
+}
+
+/* TRITS[byte][j] = the trit (-1, 0 or +1) of code pair j of a "2bit" byte; code 3 (never written) reads 0. */
+static float TRITS[256][4] __attribute__((aligned(16)));
+
+__attribute__((constructor)) static void fill_trit_table(void) {
+    for (int byte = 0; byte < 256; byte++)
+        for (int j = 0; j < 4; j++) {
+            const int code = (byte >> (2 * j)) & 3;
+            TRITS[byte][j] = code == 3 ? 0.0f : (float)(code - 1);
+        }
 }
 
 int bmos_abi_version(void) { return ABI_VERSION; }
@@ -402,4 +420,116 @@ void bmos_int8_linear_f32(const float* x, int64_t M, int64_t K, int64_t ldx, con
     const int8_context context = {x, M, K, ldx, q, ldq, scale, bias, N, y, ldy};
     const int threads = M * N * K >= PARALLEL_MIN_WORK / 8 ? num_threads : 1;
     pool_run(int8_task, &context, (N + ROWS_PER_TASK - 1) / ROWS_PER_TASK, threads);
+}
+
+/* What every task of one bmos_ternary_f32 call reads (and the output it writes). */
+typedef struct {
+    const float* xs;     /* (M, G * gs) activations, zero-padded to whole groups */
+    const float* sums;   /* (M, G) group sums of xs */
+    int64_t M, K, G, gs;
+    const uint8_t* codes;
+    int64_t ldc;
+    const float* scale;  /* (N, G) */
+    const float* shift;  /* (N, G) */
+    int64_t N;
+    float* y;
+    int64_t ldy;
+} ternary_context;
+
+/*
+ * out[m] = x_m . trits over the first `valid` columns of one group, for mt rows of activations. Only the
+ * ceil(valid / 4) bytes of codes that exist are read (the last group of a row may be partial); x is zero past them.
+ */
+ALWAYS_INLINE void trit_dots(const float* x, int64_t ld, const int mt, const uint8_t* codes, int64_t valid, float* out) {
+    int64_t k = 0;
+#if BMOS_AVX2
+    __m256 acc[MAX_TILE];
+    for (int m = 0; m < mt; m++) acc[m] = _mm256_setzero_ps();
+    for (; k + 8 <= valid; k += 8) {
+        const uint8_t* pair = codes + k / 4;
+        const __m256 w = _mm256_insertf128_ps(_mm256_castps128_ps256(_mm_load_ps(TRITS[pair[0]])),
+                                              _mm_load_ps(TRITS[pair[1]]), 1);
+        for (int m = 0; m < mt; m++) acc[m] = BMOS_MULADD(_mm256_loadu_ps(x + m * ld + k), w, acc[m]);
+    }
+    for (int m = 0; m < mt; m++) {
+        __m128 s = _mm_add_ps(_mm256_castps256_ps128(acc[m]), _mm256_extractf128_ps(acc[m], 1));
+        s = _mm_hadd_ps(s, s);
+        s = _mm_hadd_ps(s, s);
+        out[m] = _mm_cvtss_f32(s);
+    }
+#else
+    for (int m = 0; m < mt; m++) out[m] = 0.0f;
+#endif
+    /* The rest, four columns per byte (all of it without AVX2). */
+    const int64_t start = k;
+    for (int m = 0; m < mt; m++) {
+        float acc[4] = {0};
+        for (k = start; k < valid; k += 4) {
+            const float* t = TRITS[codes[k / 4]];
+            for (int j = 0; j < 4; j++) acc[j] += x[m * ld + k + j] * t[j];
+        }
+        out[m] += acc[0] + acc[1] + acc[2] + acc[3];
+    }
+}
+
+static void ternary_task(const void* opaque, int64_t task) {
+    const ternary_context* c = (const ternary_context*)opaque;
+    const int64_t ld = c->G * c->gs;
+    const int64_t n_end = (task + 1) * ROWS_PER_TASK < c->N ? (task + 1) * ROWS_PER_TASK : c->N;
+    for (int64_t n = task * ROWS_PER_TASK; n < n_end; n++) {
+        const uint8_t* row = c->codes + n * c->ldc;
+        int64_t m = 0;
+        while (m < c->M) {
+            const int64_t left = c->M - m;
+            const int mt = left >= 4 ? 4 : (left >= 2 ? 2 : 1);
+            float totals[MAX_TILE] = {0};
+            float dots[MAX_TILE];
+            for (int64_t g = 0; g < c->G; g++) {
+                const float* rows = c->xs + m * ld + g * c->gs;
+                const uint8_t* group = row + g * c->gs / 4;
+                const int64_t valid = c->K - g * c->gs < c->gs ? c->K - g * c->gs : c->gs;
+                switch (mt) {
+                    case 4: trit_dots(rows, ld, 4, group, valid, dots); break;
+                    case 2: trit_dots(rows, ld, 2, group, valid, dots); break;
+                    default: trit_dots(rows, ld, 1, group, valid, dots); break;
+                }
+                const float alpha = c->scale[n * c->G + g], gamma = c->shift[n * c->G + g];
+                for (int i = 0; i < mt; i++) totals[i] += alpha * dots[i] + gamma * c->sums[(m + i) * c->G + g];
+            }
+            for (int i = 0; i < mt; i++) c->y[(m + i) * c->ldy + n] = totals[i];
+            m += mt;
+        }
+    }
+}
+
+/*
+ * y (M, N), row stride ldy, float32 = sum_g alpha_g * (x_g @ T_g^T) + gamma_g * sum(x_g).
+ *   x (M, K) row stride ldx; codes (N, ceil(K / 4)) "2bit" bytes, row stride ldc, padding codes 1 (zero trits);
+ *   scale, shift (N, G) contiguous with G = ceil(K / gs); gs a multiple of 8.
+ * Returns 0, -1 when scratch memory cannot be allocated, -2 for a group size that is not a multiple of 8.
+ */
+int bmos_ternary_f32(const float* x, int64_t M, int64_t K, int64_t ldx, const uint8_t* codes, int64_t N,
+                     int64_t ldc, const float* scale, const float* shift, int64_t G, int64_t gs, float* y,
+                     int64_t ldy, int num_threads) {
+    if (gs <= 0 || gs % 8 != 0) return -2;
+    if (M == 0 || N == 0) return 0;
+    const int64_t ld = G * gs;
+    float* xs = (float*)malloc((size_t)(M * ld + M * G) * sizeof(float));
+    if (xs == NULL) return -1;
+    float* sums = xs + M * ld;
+    for (int64_t m = 0; m < M; m++) {
+        float* row = xs + m * ld;
+        memcpy(row, x + m * ldx, (size_t)K * sizeof(float));
+        for (int64_t k = K; k < ld; k++) row[k] = 0.0f;
+        for (int64_t g = 0; g < G; g++) {
+            float total = 0.0f;
+            for (int64_t k = 0; k < gs; k++) total += row[g * gs + k];
+            sums[m * G + g] = total;
+        }
+    }
+    const ternary_context context = {xs, sums, M, K, G, gs, codes, ldc, scale, shift, N, y, ldy};
+    const int threads = M * N * K >= PARALLEL_MIN_WORK / 8 ? num_threads : 1;
+    pool_run(ternary_task, &context, (N + ROWS_PER_TASK - 1) / ROWS_PER_TASK, threads);
+    free(xs);
+    return 0;
 }

@@ -71,6 +71,13 @@ class NativeKernels:
             _PTR, _PTR,  # scale, bias
             _PTR, _I64, ctypes.c_int,  # y, ldy, threads
         ]  # fmt: skip
+        self._lib.bmos_ternary_f32.restype = ctypes.c_int
+        self._lib.bmos_ternary_f32.argtypes = [
+            _PTR, _I64, _I64, _I64,  # x, M, K, ldx
+            _PTR, _I64, _I64,  # codes, N, ldc
+            _PTR, _PTR, _I64, _I64,  # scale, shift, G, group size
+            _PTR, _I64, ctypes.c_int,  # y, ldy, threads
+        ]  # fmt: skip
         self._lib.bmos_unpack_f32.restype = None
         self._lib.bmos_unpack_f32.argtypes = [_PTR, _I64, _I64, _I64, _PTR, ctypes.c_int]
 
@@ -173,6 +180,42 @@ class NativeKernels:
             scale.data_ptr(), _pointer(bias),
             y.data_ptr(), n, torch.get_num_threads(),
         )  # fmt: skip
+        return y
+
+    def ternary(
+        self, x: torch.Tensor, codes: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor, group_size: int
+    ) -> torch.Tensor:
+        """``sum_g alpha_g * (x_g @ T_g^T) + gamma_g * sum(x_g)`` for ``"2bit"`` codes, in float32.
+
+        Args:
+            x: ``(M, K)`` float32, unit stride along ``K``.
+            codes: ``(N, ceil(K / 4))`` ``uint8`` ``"2bit"`` codes (unit column stride).
+            scale, shift: ``(N, ceil(K / group_size))`` float32 contiguous.
+            group_size: a multiple of 8.
+
+        Returns:
+            ``(M, N)`` float32.
+        """
+        rows, k = x.shape
+        if x.dtype != torch.float32 or x.device.type != "cpu" or x.stride(1) != 1:
+            raise ValueError("x must be a 2-D float32 CPU tensor with unit column stride")
+        n = codes.shape[0]
+        if codes.dtype != PACKED_DTYPE or codes.ndim != 2 or codes.shape[1] != -(-k // 4) or codes.stride(1) != 1:
+            raise ValueError(f"codes must be ({n}, {-(-k // 4)}) uint8 with unit column stride, got {tuple(codes.shape)}")
+        if group_size <= 0 or group_size % 8:
+            raise ValueError(f"group_size must be a positive multiple of 8, got {group_size}")
+        groups = -(-k // group_size)
+        _check_float32("scale", scale, (n, groups))
+        _check_float32("shift", shift, (n, groups))
+        y = torch.empty(rows, n, dtype=torch.float32)
+        status = self._lib.bmos_ternary_f32(
+            x.data_ptr(), rows, k, x.stride(0),
+            codes.data_ptr(), n, codes.stride(0),
+            scale.data_ptr(), shift.data_ptr(), groups, group_size,
+            y.data_ptr(), n, torch.get_num_threads(),
+        )  # fmt: skip
+        if status != 0:
+            raise MemoryError("the native ternary kernel could not allocate its scratch buffer")
         return y
 
     def unpack(self, packed: torch.Tensor, in_features: int, out: torch.Tensor | None = None) -> torch.Tensor:
