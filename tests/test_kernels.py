@@ -42,6 +42,7 @@ from optimum_binarymos.kernels.native import (
     digest_path,
     native_kernels,
 )
+from optimum_binarymos.packing import quantize_rows
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -299,8 +300,9 @@ def test_native_kernels_are_built_and_used_on_this_machine():
     kernels = native_kernels()
     assert kernels is not None, "the C kernels did not build: packed layers on CPU fall back to the slow path"
     if sys.platform.startswith("linux"):
-        has_avx2 = " avx2" in f" {build.cpu_signature()} "
-        assert kernels.simd == ("avx2" if has_avx2 else "portable")
+        flags = f" {build.cpu_signature()} "
+        expected = "avx512" if " avx512f" in flags else "avx2" if " avx2" in flags else "portable"
+        assert kernels.simd == expected
 
 def test_a_packed_layer_on_cpu_runs_the_native_kernel(monkeypatch):
     calls = record_native_calls(monkeypatch)
@@ -354,6 +356,34 @@ def test_router_weight_in_half_precision_matches_the_formula(dtype):
 def test_router_weight_on_triton_matches_the_formula(triton_linear):
     case, expected = router_case(3, seed=11)
     assert_matches(binarymos_linear(**case, backend="triton"), expected, torch.float32)
+
+
+@pytest.mark.parametrize("in_features", [5, 8, 16, 69, 72, 130])
+def test_native_kernel_handles_every_tail_of_a_row(in_features):
+    """Rows of 1, 2, 9 and 17 bytes of signs: the 64-weight steps, the byte pairs and a last lone byte (read with a
+    masked load on AVX-512, never past the row), with NaN activations and garbage bits beyond the row."""
+    kernels = native_kernels()
+    for tokens in (1, 3):
+        case, expected = make_case(tokens, experts=4, bias=False, k=in_features, seed=in_features)
+        case = {**case, "scale_in": case["scale_in"].contiguous()}
+        assert_matches(kernels.linear(**case), expected, torch.float32)
+
+
+def test_avx2_loops_match_the_formula_where_avx512_is_the_default(tmp_path):
+    """On an AVX-512 machine the shipped library runs the AVX-512 loops; the AVX2 ones (what AVX2-only CPUs run)
+    are built here and checked too, for the 1-bit and the int8 products."""
+    if native_kernels() is None or native_kernels().simd != "avx512":
+        pytest.skip("the default build is already the AVX2 (or portable) one, tested by the other cases")
+    kernels = NativeKernels(build_library(cache_dir=tmp_path, extra_flags=("-DBINARYMOS_NO_AVX512",)))
+    assert kernels.simd == "avx2"
+    for tokens in (1, 5, 11):
+        case, expected = make_case(tokens, experts=4, bias=True, seed=tokens)
+        case = {**case, "scale_in": case["scale_in"].contiguous()}
+        assert_matches(kernels.linear(**case), expected, torch.float32)
+    codes, scale = quantize_rows(torch.randn(70, 77))
+    x = torch.randn(3, 77)
+    reference = x.double() @ (codes.double() * scale.double()[:, None]).T
+    torch.testing.assert_close(kernels.int8_linear(x, codes, scale, None).double(), reference, rtol=0, atol=2e-5)
 
 
 def test_portable_c_loop_matches_the_formula(tmp_path):

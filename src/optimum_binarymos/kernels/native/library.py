@@ -83,8 +83,9 @@ class NativeKernels:
 
     @property
     def simd(self) -> str:
-        """``"avx2"`` when the AVX2 inner loop was compiled in, ``"portable"`` otherwise."""
-        return "avx2" if self._lib.bmos_simd_path() == 1 else "portable"
+        """``"avx512"`` or ``"avx2"``: the vector inner loops compiled in (by ``-march=native``), else
+        ``"portable"``."""
+        return {2: "avx512", 1: "avx2"}.get(self._lib.bmos_simd_path(), "portable")
 
     def linear(
         self,
