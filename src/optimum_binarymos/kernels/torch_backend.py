@@ -86,7 +86,9 @@ def router_gates(x: torch.Tensor, router_weight: torch.Tensor) -> torch.Tensor:
 
 
 def _float32(tensor: torch.Tensor | None) -> torch.Tensor | None:
-    return None if tensor is None else tensor.to(torch.float32).contiguous()
+    if tensor is None or (tensor.dtype == torch.float32 and tensor.is_contiguous()):
+        return tensor  # the float32 model's own tensors: no copy, no call
+    return tensor.to(torch.float32).contiguous()
 
 
 def mixed_scales(

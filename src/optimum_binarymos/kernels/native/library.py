@@ -24,17 +24,18 @@ def _pointer(tensor: torch.Tensor | None) -> int | None:
     return None if tensor is None else tensor.data_ptr()
 
 
+# The checks run at every call of a packed layer: is_cpu and torch.Size == tuple, not device.type and tuple().
 def _check_float32(name: str, tensor: torch.Tensor, shape: tuple[int, ...]) -> None:
-    if tensor.dtype != torch.float32 or tensor.device.type != "cpu" or not tensor.is_contiguous():
+    if tensor.dtype != torch.float32 or not tensor.is_cpu or not tensor.is_contiguous():
         raise ValueError(
             f"{name} must be a contiguous float32 CPU tensor, got {tensor.dtype} on {tensor.device}"
         )
-    if tuple(tensor.shape) != shape:
+    if tensor.shape != shape:
         raise ValueError(f"{name} must have shape {shape}, got {tuple(tensor.shape)}")
 
 
 def _check_packed(packed: torch.Tensor, rows: int, in_features: int) -> None:
-    if packed.dtype != PACKED_DTYPE or packed.device.type != "cpu" or packed.ndim != 2:
+    if packed.dtype != PACKED_DTYPE or not packed.is_cpu or packed.ndim != 2:
         raise ValueError(
             f"packed must be a 2-D {PACKED_DTYPE} CPU tensor, got {packed.dtype} on {packed.device}"
         )
@@ -117,7 +118,7 @@ class NativeKernels:
         """
         rows, k = x.shape
         n = packed.shape[0]
-        if x.dtype != torch.float32 or x.device.type != "cpu" or x.stride(1) != 1 or k != in_features:
+        if x.dtype != torch.float32 or not x.is_cpu or x.stride(1) != 1 or k != in_features:
             raise ValueError(f"x must be (M, {in_features}) float32 on CPU with unit column stride")
         _check_packed(packed, n, in_features)
         if (scale_in is None) != (scale_out is None) or (scale_in is None and gates is not None):
