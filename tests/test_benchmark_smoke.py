@@ -51,3 +51,13 @@ def test_embedding_bits_smoke_run_reports_sizes_and_perplexities(tmp_path):
     report = output.read_text()
     assert "| BinaryMoS E=4 | 8-bit rows |" in report
     assert "same, embeddings and tied `lm_head` as 8-bit rows" in report
+
+
+def test_load_memory_smoke_run_reports_both_checkpoints(tmp_path):
+    output = tmp_path / "load_memory.md"
+    run_script(
+        "load_memory.py", "--layers", "1", "--hidden-size", "128", "--intermediate-size", "352",
+        "--vocab-size", "500", "--output", str(output),
+    )  # fmt: skip
+    report = output.read_text()
+    assert "| float (bfloat16) embeddings |" in report and "| 8-bit embeddings |" in report
