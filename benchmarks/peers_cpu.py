@@ -59,8 +59,8 @@ from optimum_binarymos.kernels.native import native_kernels
 REPOSITORY = Path(__file__).resolve().parents[1]
 WORKER = Path(__file__).resolve().parent / "peers" / "llama_cpp_worker.py"
 DEFAULT_PEER_PYTHON = REPOSITORY / ".venv-peers" / "bin" / "python"
-#: What ``make bench-peers`` records about the peer's build.
-PEER_BUILD_NOTE = REPOSITORY / ".venv-peers" / "build-flags.txt"
+#: What ``make bench-peers`` records about the peer's build, in the peer's virtualenv.
+PEER_BUILD_NOTE = "build-flags.txt"
 
 LLAMA_CPP = "llama.cpp Q4_1 (GGUF)"
 
@@ -327,7 +327,7 @@ def run(args: argparse.Namespace) -> dict:
         "machine": machine(),
         "date": datetime.date.today().isoformat(),
         "command": "python benchmarks/peers_cpu.py " + " ".join(sys.argv[1:]),
-        "versions": versions(peer),
+        "versions": versions(peer, args.peer_python),
         "settings": {
             "rounds": args.rounds, "prompt_tokens": args.prompt_tokens, "new_tokens": args.new_tokens,
             "n_batch": args.n_batch or args.prompt_tokens, "repack": not args.no_repack,
@@ -341,7 +341,7 @@ def machine() -> str:
     return f"`lscpu` {cpu_info()}, {os.cpu_count()} cores, {native}, load average {os.getloadavg()[0]:.1f} at the end"
 
 
-def versions(peer: dict) -> str:
+def versions(peer: dict, peer_python: Path) -> str:
     parts = [
         f"Python {sys.version.split()[0]}",
         f"torch {torch.__version__}",
@@ -349,7 +349,8 @@ def versions(peer: dict) -> str:
         f"optimum-binarymos {optimum_binarymos.__version__}",
     ]
     if peer:
-        build = PEER_BUILD_NOTE.read_text().strip() if PEER_BUILD_NOTE.exists() else "build flags not recorded"
+        note = peer_python.parent.parent / PEER_BUILD_NOTE
+        build = note.read_text().strip() if note.exists() else "build flags not recorded"
         parts.append(f"llama-cpp-python {peer['llama_cpp_python']} ({build})")
     return ", ".join(parts)
 

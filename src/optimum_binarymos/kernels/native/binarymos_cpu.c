@@ -73,6 +73,16 @@
 
 #define ALWAYS_INLINE static inline __attribute__((always_inline))
 
+/* End of the output rows of one task of the thread pool: [ROWS_PER_TASK * task, task_end). */
+ALWAYS_INLINE int64_t task_end(int64_t task, int64_t rows) {
+    return (task + 1) * ROWS_PER_TASK < rows ? (task + 1) * ROWS_PER_TASK : rows;
+}
+
+/* Rows of activations handled together (8, 4, 2 or 1, at most `largest`) when `left` remain. */
+ALWAYS_INLINE int row_tile(int64_t left, int largest) {
+    return left >= 8 && largest >= 8 ? 8 : (left >= 4 ? 4 : (left >= 2 ? 2 : 1));
+}
+
 /* SIGNS[byte][j] = +1 or -1: the decoded signs of one packed byte (filled when the library loads). */
 static float SIGNS[256][8] __attribute__((aligned(32)));
 
@@ -270,14 +280,14 @@ typedef struct {
 /* Output rows [ROWS_PER_TASK * task, ...) for every token. */
 static void linear_task(const void* opaque, int64_t task) {
     const linear_context* c = (const linear_context*)opaque;
-    const int64_t n_end = (task + 1) * ROWS_PER_TASK < c->N ? (task + 1) * ROWS_PER_TASK : c->N;
+    const int64_t n_end = task_end(task, c->N);
     for (int64_t n = task * ROWS_PER_TASK; n < n_end; n++) {
         const uint8_t* w = c->packed + n * c->ldw;
         float sums[MAX_TILE];
         int64_t m = 0;
         while (m < c->M) {
             const int64_t left = c->M - m;
-            const int mt = left >= 8 ? 8 : (left >= 4 ? 4 : (left >= 2 ? 2 : 1));
+            const int mt = row_tile(left, 8);
             const float* rows = c->xs + m * c->ld;
             switch (mt) {
                 case 8: signed_sums(rows, c->ld, 8, w, c->kb, c->totals + m, sums); break;
@@ -461,14 +471,14 @@ ALWAYS_INLINE void int8_dots(const float* x, int64_t ld, const int mt, const int
 
 static void int8_task(const void* opaque, int64_t task) {
     const int8_context* c = (const int8_context*)opaque;
-    const int64_t n_end = (task + 1) * ROWS_PER_TASK < c->N ? (task + 1) * ROWS_PER_TASK : c->N;
+    const int64_t n_end = task_end(task, c->N);
     for (int64_t n = task * ROWS_PER_TASK; n < n_end; n++) {
         const int8_t* q = c->q + n * c->ldq;
         float sums[MAX_TILE];
         int64_t m = 0;
         while (m < c->M) {
             const int64_t left = c->M - m;
-            const int mt = left >= 8 ? 8 : (left >= 4 ? 4 : (left >= 2 ? 2 : 1));
+            const int mt = row_tile(left, 8);
             const float* rows = c->x + m * c->ldx;
             switch (mt) {
                 case 8: int8_dots(rows, c->ldx, 8, q, c->K, sums); break;
@@ -552,13 +562,13 @@ ALWAYS_INLINE void trit_dots(const float* x, int64_t ld, const int mt, const uin
 static void ternary_task(const void* opaque, int64_t task) {
     const ternary_context* c = (const ternary_context*)opaque;
     const int64_t ld = c->G * c->gs;
-    const int64_t n_end = (task + 1) * ROWS_PER_TASK < c->N ? (task + 1) * ROWS_PER_TASK : c->N;
+    const int64_t n_end = task_end(task, c->N);
     for (int64_t n = task * ROWS_PER_TASK; n < n_end; n++) {
         const uint8_t* row = c->codes + n * c->ldc;
         int64_t m = 0;
         while (m < c->M) {
             const int64_t left = c->M - m;
-            const int mt = left >= 4 ? 4 : (left >= 2 ? 2 : 1);
+            const int mt = row_tile(left, 4);
             float totals[MAX_TILE] = {0};
             float dots[MAX_TILE];
             for (int64_t g = 0; g < c->G; g++) {
