@@ -271,6 +271,16 @@ def record_native_calls(monkeypatch) -> collections.Counter:
             return _method(*args, **kwargs)
 
         monkeypatch.setattr(kernels, name, recording)
+    # Few float32 tokens reach the same C function through its C++ operator (no Python on the way): counted as
+    # "linear" too, by wrapping the operator the layers resolve.
+    operator = optimum_binarymos.kernels.native_operator()
+    if operator is not None:
+
+        def recording_operator(*args):
+            calls["linear"] += 1
+            return operator(*args)
+
+        monkeypatch.setattr(optimum_binarymos.kernels, "_native_operator", recording_operator)
     return calls
 
 
@@ -781,3 +791,71 @@ def test_operators_have_fake_implementations_with_the_output_shape():
         groups = torch.empty(N, (K + 31) // 32)
         z = torch.ops.optimum_binarymos.ternary_matmul(x, codes, groups, groups, K, 32, "base3")
     assert y.shape == z.shape == (7, N) and y.dtype == z.dtype == torch.float32
+
+
+# --- the native kernel's C++ operator --------------------------------------------------------------------------
+
+
+def test_cpp_operator_matches_the_formula_and_refuses_bad_tensors():
+    operator = optimum_binarymos.kernels.native_operator()
+    if operator is None:
+        pytest.skip("the C++ operator could not be built here (no C++ compiler or ninja): the ctypes path runs")
+    case, expected = router_case(3, seed=21)
+    x = case["x"]  # a strided view (NaN padding beyond K): the operator takes any row stride
+    y = operator(x, case["packed"], K, case["scale_in"].contiguous(), case["scale_out"], case["bias"], case["router_weight"])
+    assert_matches(y, expected, torch.float32)
+    with pytest.raises(RuntimeError, match="router weight is required with 4 experts"):
+        operator(x, case["packed"], K, case["scale_in"].contiguous(), case["scale_out"], None, None)
+    with pytest.raises(RuntimeError, match="x must be a 2-D float32 CPU tensor"):
+        operator(x.double(), case["packed"], K, case["scale_in"].contiguous(), case["scale_out"], None, case["router_weight"])
+
+
+CPP_OPERATOR_CHILD = """
+import sys, torch
+import optimum_binarymos
+from optimum_binarymos import pack_signs
+from optimum_binarymos.kernels import native_operator
+operator = native_operator()
+assert operator is not None, "not built"
+weight, x = torch.randn(6, 20), torch.randn(2, 20)
+y = operator(x, pack_signs(weight), 20, torch.ones(1, 20), torch.ones(1, 6), None, None)
+torch.testing.assert_close(y, x @ torch.where(weight >= 0, 1.0, -1.0).T)
+print("ok")
+"""
+
+
+def test_a_damaged_cpp_operator_library_is_rebuilt_not_loaded(tmp_path):
+    """Built once in a fresh cache; the cached library is then truncated; the next process must rebuild it (its
+    digest no longer matches) instead of loading it."""
+    if optimum_binarymos.kernels.native_operator() is None:
+        pytest.skip("the C++ operator could not be built here")
+    env = {**os.environ, "BINARYMOS_CACHE": str(tmp_path)}
+    run = lambda: subprocess.run(  # noqa: E731
+        [sys.executable, "-c", CPP_OPERATOR_CHILD], env=env, capture_output=True, text=True, timeout=600
+    )
+    first = run()
+    assert first.returncode == 0 and first.stdout.strip() == "ok", first.stderr[-2000:]
+    libraries = list(tmp_path.glob("kernels/torch-op-*/optimum_binarymos_cpu_*.so"))
+    assert len(libraries) == 1 and native.digest_path(libraries[0]).is_file()
+    libraries[0].write_bytes(libraries[0].read_bytes()[:4096])
+    second = run()
+    assert second.returncode == 0 and second.stdout.strip() == "ok", second.stderr[-2000:]
+    assert native.build._matches_digest(libraries[0])
+
+
+def test_without_the_cpp_operator_layers_keep_the_ctypes_path(monkeypatch):
+    from optimum_binarymos.kernels.native import torch_op
+
+    monkeypatch.setattr(optimum_binarymos.kernels, "_native_operator", optimum_binarymos.kernels._UNRESOLVED)
+    monkeypatch.setattr(torch_op, "_build_and_load", lambda *_: (_ for _ in ()).throw(OSError("no ninja")))
+    torch_op.native_linear_op.cache_clear()
+    try:
+        with pytest.warns(RuntimeWarning, match="could not be built.*no ninja"):
+            assert optimum_binarymos.kernels.native_operator() is None
+        calls = record_native_calls(monkeypatch)
+        layer = PackedBinaryMoSLinear(K, N, num_experts=4, bias=True).requires_grad_(False)
+        with torch.no_grad():
+            layer(torch.randn(1, K))
+        assert calls == {"linear": 1}  # through NativeKernels.linear
+    finally:
+        torch_op.native_linear_op.cache_clear()

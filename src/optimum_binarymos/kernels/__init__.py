@@ -49,6 +49,7 @@ from .dispatch import (
     select_backend,
     validate_backend,
 )
+from .torch_backend import NATIVE_MAX_TOKENS
 
 __all__ = [
     "BACKENDS",
@@ -58,6 +59,32 @@ __all__ = [
     "select_backend",
     "set_kernel_backend",
 ]
+
+
+#: The C++ operator of the native kernel (:mod:`.native.torch_op`), None where it cannot be built, or
+#: ``_UNRESOLVED`` before the first eager call that could use it.
+_UNRESOLVED = object()
+_native_operator = _UNRESOLVED
+
+
+def native_operator():
+    """The C++ operator of the native linear (``optimum_binarymos_cpu::linear_f32``), or None.
+
+    Resolved (built on first use) at the first eager call that could take it; under ``torch.compile`` an unresolved
+    operator counts as absent for that trace, so compiling never builds anything.
+    """
+    global _native_operator
+    if _native_operator is _UNRESOLVED:
+        if torch.compiler.is_compiling():
+            return None
+        from .native.torch_op import native_linear_op
+
+        _native_operator = native_linear_op()
+    return _native_operator
+
+
+def _float32_tables(*tensors: torch.Tensor | None) -> bool:
+    return all(t is None or (t.dtype == torch.float32 and t.is_contiguous()) for t in tensors)
 
 
 def set_kernel_backend(model: torch.nn.Module, name: str | None) -> int:
@@ -144,6 +171,21 @@ def binarymos_linear(
         return x.new_empty(*x.shape[:-1], out_features)
     if backend is None:
         backend = requested_backend()
+    if (
+        flat_gates is None
+        and backend != "triton"
+        and flat.is_cpu
+        and flat.dtype == torch.float32
+        and flat.shape[0] <= NATIVE_MAX_TOKENS
+        and flat.stride(-1) == 1
+        and packed.stride(-1) == 1
+        and _float32_tables(scale_in, scale_out, bias, router_weight)
+    ):
+        # Few float32 tokens on CPU: the C++ operator calls the native kernel with no Python in between.
+        operator = native_operator()
+        if operator is not None:
+            y = operator(flat, packed, in_features, scale_in, scale_out, bias, router_weight)
+            return y.reshape(*x.shape[:-1], out_features)
     # The operator in every mode: one node under torch.compile, a few microseconds of dispatch in eager mode.
     y = ops.packed_linear(flat, packed, in_features, scale_in, scale_out, flat_gates, bias, backend, router_weight)
     return y.reshape(*x.shape[:-1], out_features)

@@ -1,8 +1,9 @@
 """Compile ``binarymos_cpu.c`` into a shared library on first use, and cache it.
 
 A plain C library called through :mod:`ctypes` compiles in about a second with the system C compiler and needs
-neither ninja nor the torch headers (a ``torch.utils.cpp_extension`` build of the same code takes about 40 s
-on two cores). The library is built for the machine it runs on (``-march=native``), so the cache key holds the
+neither ninja nor the torch headers. The C++ torch operator of :mod:`.torch_op`, which removes the Python of each
+call at few tokens, calls into this library rather than holding a copy of the kernel; without it the library is
+still used through ctypes. The library is built for the machine it runs on (``-march=native``), so the cache key holds the
 CPU's feature flags as well as the source and the flags: a cache directory shared by different machines keeps
 one library per kind of CPU.
 

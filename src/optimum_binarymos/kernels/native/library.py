@@ -83,6 +83,11 @@ class NativeKernels:
         self._lib.bmos_unpack_f32.argtypes = [_PTR, _I64, _I64, _I64, _PTR, ctypes.c_int]
 
     @property
+    def linear_address(self) -> int:
+        """Address of ``bmos_linear_f32`` in this library, for the C++ operator of :mod:`.torch_op`."""
+        return ctypes.cast(self._lib.bmos_linear_f32, ctypes.c_void_p).value
+
+    @property
     def simd(self) -> str:
         """``"avx512"`` or ``"avx2"``: the vector inner loops compiled in (by ``-march=native``), else
         ``"portable"``."""
