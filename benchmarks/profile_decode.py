@@ -15,8 +15,9 @@ after a ``--prompt-tokens`` prompt. Three measurements, all in one run:
 2. a ``torch.profiler`` (CPU) window of ``--profile-steps`` decode steps per model, with
    ``record_function`` regions put on from outside by forward pre/post hooks (every linear, ``lm_head``, the
    attention, MLP, norm and decoder-layer modules; the library is not modified). Each op's self CPU time goes
-   to the innermost region or op above it: the custom op ``optimum_binarymos::packed_linear``, the rest of a
-   linear layer (router ``F.linear`` + softmax, checks, reshapes), attention, MLP activation, norms,
+   to the innermost region or op above it: the packed kernel op (``optimum_binarymos_cpu::linear_f32``, the
+   C++ operator, or ``optimum_binarymos::packed_linear``), the rest of a linear layer (reshapes, checks),
+   attention, MLP activation, norms,
    ``lm_head``, the rest. A region's own self time is Python time (no op running) inside it, so step wall
    time minus the ops' summed self time is the Python (and profiler) overhead, split by region;
 3. a cost ladder of one layer at one token for each of the 7 linear shapes, without profiler: the bare C
@@ -79,6 +80,9 @@ SMOLLM2_CONFIG = dict(
 )
 
 PACKED_OP = "optimum_binarymos::packed_linear"
+#: The same kernel through its C++ operator (few float32 tokens on CPU, when it could be built).
+NATIVE_OP = "optimum_binarymos_cpu::linear_f32"
+PACKED_OPS = (PACKED_OP, NATIVE_OP)
 REGION = "region::"
 STEP = REGION + "step"
 
@@ -86,8 +90,8 @@ STEP = REGION + "step"
 CATEGORIES = [
     (
         "kernel",
-        "linear layers: the kernel op (packed: `optimum_binarymos::packed_linear`, its Python body "
-        "included; float: `aten::linear`)",
+        "linear layers: the kernel op (packed: `optimum_binarymos_cpu::linear_f32`, the C++ operator, or "
+        "`optimum_binarymos::packed_linear` with its Python body; float: `aten::linear`)",
     ),
     ("router", "linear layers: other ops (router `F.linear` + softmax, reshapes)"),
     ("attention", "attention without its 4 linears (RoPE, KV-cache update, SDPA, views)"),
@@ -272,7 +276,7 @@ def category_of(event, dense_linears: bool) -> str:
     packed model an ``aten::linear`` right under a linear region is the router."""
     node = event
     while node is not None:
-        if node.name == PACKED_OP:
+        if node.name in PACKED_OPS:
             return "kernel"
         parent = node.cpu_parent
         if (
@@ -323,7 +327,7 @@ def profile_decoding(model: nn.Module, prompt: torch.Tensor, args) -> dict:
         category_us[category_of(event, dense)] += event.self_cpu_time_total
         ops_us[event.name] += event.self_cpu_time_total
         op_calls[event.name] += 1
-    packed_calls = op_calls.get(PACKED_OP, 0)
+    packed_calls = sum(op_calls.get(name, 0) for name in PACKED_OPS)
     return {
         "step_us": step_us / steps,
         "wall_us": statistics.median(walls) * 1e6,
@@ -400,6 +404,15 @@ def ladder_row(name: str, layer: PackedBinaryMoSLinear, dense: nn.Linear, iterat
         ),
         iterations,
     )
+    native_op = optimum_binarymos.kernels.native_operator()
+    if native_op is not None and layer.scale_in.dtype == torch.float32:
+        # What the layer calls at few float32 tokens when the C++ operator is built: no Python body.
+        row["cpp_op"] = time_call(
+            lambda: native_op(
+                flat, layer.weight, layer.in_features, layer.scale_in, layer.scale_out, layer.bias, layer.router_weight
+            ),
+            iterations,
+        )
     row["router"] = time_call(lambda: layer.router_gates(flat), iterations)
     row["module"] = time_call(lambda: layer(x), iterations)
     row["float"] = time_call(lambda: dense(x), iterations)
@@ -530,6 +543,7 @@ def render(
         ("c_kernel", "C kernel (ctypes call)"),
         ("native_linear", "`NativeKernels.linear`"),
         ("op", "`packed_linear` op"),
+        ("cpp_op", "C++ operator"),
         ("module", "module forward"),
         ("float", "float `nn.Linear`"),
     ]
@@ -625,13 +639,25 @@ def findings(packed_ms, float_ms, pp, fp, sums, router, layers, head) -> list[st
             f" Timed alone, the {7 * layers} packed layers cost {module_ms:.2f} ms per token through their module "
             f"forward but {c_ms:.2f} ms in the C kernel itself ({sums['c_kernel'] * 1e6 / 7:.1f} us per call on "
             f"average): {module_ms - c_ms:.2f} ms ({100 * (module_ms - c_ms) / packed_ms:.0f} % of the unprofiled "
-            f"step) is wrapper (the gates are computed inside the C kernel): "
-            f"`NativeKernels.linear`'s checks and allocation "
-            f"{(sums['native_linear'] - sums['c_kernel']) * layers * 1e3:.2f} ms, the torch op's dispatch and "
-            f"Python body {(sums['op'] - sums['native_linear']) * layers * 1e3:.2f} ms, the module forward's own "
-            f"code {(sums['module'] - sums['op']) * layers * 1e3:.2f} ms. Computed in torch instead, the "
-            f"router alone (`F.linear` + softmax) would cost {router * layers * 1e3:.2f} ms."
+            f"step) is wrapper (the gates are computed inside the C kernel)"
         )
+        if "cpp_op" in sums:
+            bullet += (
+                f": the C++ operator's dispatch and checks {(sums['cpp_op'] - sums['c_kernel']) * layers * 1e3:.2f} "
+                f"ms, the module forward's own code {(sums['module'] - sums['cpp_op']) * layers * 1e3:.2f} ms. "
+                f"Through ctypes instead (where the C++ operator cannot be built) the same calls cost "
+                f"{sums['op'] * layers * 1e3:.2f} ms at the `packed_linear` op: `NativeKernels.linear`'s checks and "
+                f"allocation {(sums['native_linear'] - sums['c_kernel']) * layers * 1e3:.2f} ms, the torch op's "
+                f"dispatch and Python body {(sums['op'] - sums['native_linear']) * layers * 1e3:.2f} ms."
+            )
+        else:
+            bullet += (
+                f": `NativeKernels.linear`'s checks and allocation "
+                f"{(sums['native_linear'] - sums['c_kernel']) * layers * 1e3:.2f} ms, the torch op's dispatch and "
+                f"Python body {(sums['op'] - sums['native_linear']) * layers * 1e3:.2f} ms, the module forward's "
+                f"own code {(sums['module'] - sums['op']) * layers * 1e3:.2f} ms."
+            )
+        bullet += f" Computed in torch instead, the router alone (`F.linear` + softmax) would cost {router * layers * 1e3:.2f} ms."
     out.append(bullet)
     out.append(
         f"- `lm_head` reads {head['bytes'] / 2**20:.0f} MiB of float32 weights per token: {head_ms:.2f} ms alone "
