@@ -12,6 +12,7 @@ import torch
 
 from ..packing import dequantize_rows
 from .native import native_kernels
+from .torch_backend import float32_contiguous
 
 #: Largest number of tokens sent to the native kernel; above it a dense matmul reuses each dequantized weight.
 NATIVE_MAX_TOKENS = 32
@@ -45,10 +46,7 @@ def int8_linear(
         if codes.stride(1) != 1:
             codes = codes.contiguous()
         y = kernels.int8_linear(
-            x.to(torch.float32).contiguous(),
-            codes,
-            scale.to(torch.float32).contiguous(),
-            None if bias is None else bias.to(torch.float32).contiguous(),
+            float32_contiguous(x), codes, float32_contiguous(scale), float32_contiguous(bias)
         )
         return y.to(x.dtype)
     dtype = torch.float32 if on_cpu else x.dtype  # half-precision matmuls are slow on most CPUs

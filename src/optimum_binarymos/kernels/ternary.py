@@ -28,6 +28,7 @@ from ..packing import unpack_ternary
 from ..recompute import linear_recomputing_weight
 from .dispatch import requested_backend, select_backend, validate_backend
 from .native import native_kernels
+from .torch_backend import float32_contiguous
 
 #: Largest number of tokens sent to the native kernel (like the BinaryMoS one, its cost grows with the tokens).
 NATIVE_MAX_TOKENS = 32
@@ -132,8 +133,8 @@ def ternary_matmul_inference(
             return kernels.ternary(
                 x if x.stride(-1) == 1 else x.contiguous(),
                 codes if codes.stride(-1) == 1 else codes.contiguous(),
-                scale.to(torch.float32).contiguous(),
-                shift.to(torch.float32).contiguous(),
+                float32_contiguous(scale),
+                float32_contiguous(shift),
                 group_size,
             )
     return ternary_matmul_torch(x, codes, scale, shift, in_features, group_size, code_packing)

@@ -67,8 +67,8 @@ def packed_linear(
         if x.stride(-1) != 1:
             x = x.contiguous()
         return kernels.linear(
-            x, packed, in_features, _float32(scale_in), _float32(scale_out), _float32(gates), _float32(bias),
-            _float32(router_weight),
+            x, packed, in_features, float32_contiguous(scale_in), float32_contiguous(scale_out),
+            float32_contiguous(gates), float32_contiguous(bias), float32_contiguous(router_weight),
         )  # fmt: skip
     if gates is None and router_weight is not None:
         gates = router_gates(x, router_weight)
@@ -85,7 +85,8 @@ def router_gates(x: torch.Tensor, router_weight: torch.Tensor) -> torch.Tensor:
     return torch.softmax(torch.nn.functional.linear(x, router_weight.to(x.dtype)).float(), dim=-1)
 
 
-def _float32(tensor: torch.Tensor | None) -> torch.Tensor | None:
+def float32_contiguous(tensor: torch.Tensor | None) -> torch.Tensor | None:
+    """``tensor`` as the native kernels take it (float32, contiguous), copied only when it is not; None stays."""
     if tensor is None or (tensor.dtype == torch.float32 and tensor.is_contiguous()):
         return tensor  # the float32 model's own tensors: no copy, no call
     return tensor.to(torch.float32).contiguous()

@@ -18,11 +18,11 @@ from collections.abc import Callable
 from functools import partial
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..kernels import binarymos_linear
 from ..kernels.dispatch import KernelBackendMixin
+from ..kernels.torch_backend import router_gates
 from ..packing import PACKED_DTYPE, pack_signs, packed_columns, unpack_signs
 from ..recompute import linear_recomputing_weight
 from .inputs import require_float_input
@@ -74,7 +74,7 @@ class _MixtureOfScalesMixin(nn.Module):
         """Softmax mixing weights ``(..., E)`` in float32, or ``None`` for a single expert."""
         if self.router_weight is None:
             return None
-        return torch.softmax(F.linear(x, self.router_weight.to(x.dtype)).float(), dim=-1)
+        return router_gates(x, self.router_weight)  # the kernels' formula: logits in x's dtype, softmax in float32
 
     def token_scales(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Token-adaptive scales ``(s_in, s_out)`` of shapes ``(..., in)`` and ``(..., out)`` (or ``(in,)``, ``(out,)``)."""

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from ...packing import PACKED_DTYPE, packed_columns
+from ...packing import PACKED_DTYPE, packed_columns, ternary_groups, ternary_packed_columns
 
 #: Must match ABI_VERSION in binarymos_cpu.c; a cached library built from another version is refused.
 ABI_VERSION = 2
@@ -206,12 +206,12 @@ class NativeKernels:
         rows, k = x.shape
         if x.dtype != torch.float32 or x.device.type != "cpu" or x.stride(1) != 1:
             raise ValueError("x must be a 2-D float32 CPU tensor with unit column stride")
-        n = codes.shape[0]
-        if codes.dtype != PACKED_DTYPE or codes.ndim != 2 or codes.shape[1] != -(-k // 4) or codes.stride(1) != 1:
-            raise ValueError(f"codes must be ({n}, {-(-k // 4)}) uint8 with unit column stride, got {tuple(codes.shape)}")
+        n, columns = codes.shape[0], ternary_packed_columns(k, "2bit")
+        if codes.dtype != PACKED_DTYPE or codes.ndim != 2 or codes.shape[1] != columns or codes.stride(1) != 1:
+            raise ValueError(f"codes must be ({n}, {columns}) uint8 with unit column stride, got {tuple(codes.shape)}")
         if group_size <= 0 or group_size % 8:
             raise ValueError(f"group_size must be a positive multiple of 8, got {group_size}")
-        groups = -(-k // group_size)
+        groups = ternary_groups(k, group_size)
         _check_float32("scale", scale, (n, groups))
         _check_float32("shift", shift, (n, groups))
         y = torch.empty(rows, n, dtype=torch.float32)

@@ -75,9 +75,9 @@ def native_linear_op():
     kernels = native_kernels()
     if kernels is None:
         return None
-    name = f"optimum_binarymos_cpu_{build_key()}"
+    key = build_key()
     try:
-        _build_and_load(default_cache_dir() / "kernels" / f"torch-op-{build_key()}", name)
+        _build_and_load(default_cache_dir() / "kernels" / f"torch-op-{key}", f"optimum_binarymos_cpu_{key}")
         operator = torch.ops.optimum_binarymos_cpu.linear_f32.default
         torch.ops.optimum_binarymos_cpu.set_kernel(kernels.linear_address)
     except Exception as error:  # noqa: BLE001 - any build or load failure keeps the ctypes path, and says why
@@ -89,7 +89,7 @@ def native_linear_op():
         )
         return None
     torch.library.register_fake("optimum_binarymos_cpu::linear_f32")(_fake_linear)
-    logger.info("native kernel operator loaded (build key %s)", build_key())
+    logger.info("native kernel operator loaded (build key %s)", key)
     return operator
 
 
