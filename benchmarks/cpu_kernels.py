@@ -15,10 +15,19 @@ AVX2 loop, the portable C loop, pure torch unpack and matmul, T-MAC-style lookup
 8 inputs, a 256-entry table of partial sums indexed by the packed byte) and, with ``--torch-compile``, an
 unpack-multiply-sum compiled by ``torch.compile`` (about a minute of compilation).
 
+``--bandwidth`` measures the one-token packed layer against the memory-bandwidth limit of its own bytes, in the
+same alternating rounds as STREAM-like loops: a read of a ``--stream-mib`` float32 buffer (``sum``, the limit of a
+kernel that only reads its weights) and a copy (``copy_``, counted as read plus write, as STREAM does). The layer
+is timed cold, over enough distinct layers that their bytes (signs, scales, router) are four times the last-level
+cache, so each call streams its weights from memory, and hot, one layer again and again. Per call: bytes / time,
+as a share of the read bandwidth. Both the native kernel alone (the router's gates computed beforehand in torch)
+and the layer's forward (what a model calls) are timed.
+
 Run from the repository root (``benchmarks/results/cpu_kernels-cpu.md`` records both runs)::
 
     python benchmarks/cpu_kernels.py --tokens 1 8 128 --budget-s 40
     python benchmarks/cpu_kernels.py --threads 1 --clock cpu --strategies --design --torch-compile
+    python benchmarks/cpu_kernels.py --bandwidth --tokens 1 --output benchmarks/results/cpu_kernels-bandwidth-cpu.md
 
 On a machine shared with other jobs, ``--threads 1 --clock cpu`` gives figures that other jobs barely move.
 """
@@ -55,6 +64,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--strategies", action="store_true", help="also time each CPU strategy forced")
     parser.add_argument("--design", action="store_true", help="also time the design alternatives at M=1")
     parser.add_argument("--torch-compile", action="store_true", help="include torch.compile in --design")
+    parser.add_argument("--bandwidth", action="store_true", help="also measure M=1 against the bandwidth limit")
+    parser.add_argument("--stream-mib", type=int, default=512, help="buffer of the STREAM-like loops")
+    parser.add_argument("--cache-mib", type=int, default=None, help="last-level cache (default: from lscpu)")
     parser.add_argument("--max-rounds", type=int, default=300, help="most timed rounds per M")
     parser.add_argument("--min-rounds", type=int, default=15, help="fewest timed rounds per M")
     parser.add_argument("--budget-s", type=float, default=30.0, help="time allowed per M, sets the rounds")
@@ -235,6 +247,82 @@ def measure_design(args: argparse.Namespace) -> tuple[list[list[str]], list[str]
     return rows, notes
 
 
+def last_level_cache_bytes() -> int:
+    """The largest cache ``lscpu`` reports (all its instances), or 32 MiB when it cannot say."""
+    sizes = []
+    for index in range(4):
+        path = Path(f"/sys/devices/system/cpu/cpu0/cache/index{index}/size")
+        if path.is_file():
+            text = path.read_text().strip()
+            factor = {"K": 2**10, "M": 2**20}.get(text[-1], 1)
+            sizes.append(int(text.rstrip("KM")) * factor)
+    return max(sizes, default=32 * 2**20)
+
+
+@torch.no_grad()
+def measure_bandwidth(args: argparse.Namespace) -> tuple[list[list[str]], list[str]]:
+    """One-token layer calls against STREAM-like read and copy bandwidth, timed in the same rounds."""
+    k, n = args.in_features, args.out_features
+    experts = args.num_experts[0]
+    cache = args.cache_mib * 2**20 if args.cache_mib else last_level_cache_bytes()
+    probe = packed_layer(k, n, experts)
+    per_layer = weight_bytes(probe)
+    count = max(2, -(-4 * cache // per_layer))
+    layers = [probe, *(packed_layer(k, n, experts) for _ in range(count - 1))]
+    x = torch.randn(1, k)
+    kernels = native_kernels()
+    if kernels is None:
+        raise SystemExit("--bandwidth needs the native library")
+    calls = [
+        (layer.weight, layer.scale_in, layer.scale_out, layer.router_gates(x)) for layer in layers
+    ]  # the gates are computed beforehand: the kernel row times the C kernel alone
+
+    def kernel_sweep():
+        for weight, scale_in, scale_out, gates in calls:
+            kernels.linear(x, weight, k, scale_in, scale_out, gates, None)
+
+    def forward_sweep():
+        for layer in layers:
+            layer(x)
+
+    def kernel_hot():
+        weight, scale_in, scale_out, gates = calls[0]
+        for _ in range(count):
+            kernels.linear(x, weight, k, scale_in, scale_out, gates, None)
+
+    source = torch.ones(args.stream_mib * 2**20 // 4)
+    target = torch.empty_like(source)
+    functions = {
+        "read": lambda: source.sum(),
+        "copy": lambda: target.copy_(source),
+        "kernel, cold": kernel_sweep,
+        "forward, cold": forward_sweep,
+        "kernel, hot": kernel_hot,
+    }
+    medians, rounds = interleaved_medians(functions, args)
+    read = source.numel() * 4 / medians["read"]
+    copy = 2 * source.numel() * 4 / medians["copy"]
+    rows = [
+        ["STREAM-like read (`sum`)", f"{medians['read'] * 1e3:.2f} ms / {args.stream_mib} MiB",
+         f"{read / 1e9:.1f}", "100 %"],
+        ["STREAM-like copy (`copy_`, read + write)", f"{medians['copy'] * 1e3:.2f} ms / {args.stream_mib} MiB",
+         f"{copy / 1e9:.1f}", f"{copy / read:.0%}"],
+    ]  # fmt: skip
+    limit_us = per_layer / read * 1e6
+    for label in ("kernel, cold", "forward, cold", "kernel, hot"):
+        seconds = medians[label] / count
+        achieved = per_layer / seconds
+        rows.append([f"packed layer, {label}", f"{seconds * 1e6:.1f} us per call", f"{achieved / 1e9:.1f}",
+                     f"{achieved / read:.0%}"])  # fmt: skip
+    notes = [
+        f"{k} -> {n}, {experts} experts, {per_layer / 2**20:.2f} MiB per layer (signs, scales, router);"
+        f" {count} distinct layers ({count * per_layer / 2**20:.0f} MiB) against a {cache / 2**20:.0f} MiB"
+        f" last-level cache; {rounds} rounds",
+        f"bandwidth limit of one call: {limit_us:.1f} us (its bytes at the read bandwidth)",
+    ]
+    return rows, notes
+
+
 def machine() -> str:
     model = cpu_info()
     kernels = native_kernels()
@@ -255,7 +343,9 @@ def table(header: list[str], rows: list[list[str]]) -> list[str]:
     ]
 
 
-def render(args: argparse.Namespace, rows: list[list[str]], design: tuple | None) -> str:
+def render(
+    args: argparse.Namespace, rows: list[list[str]], design: tuple | None, bandwidth: tuple | None = None
+) -> str:
     lines = [
         f"### Forward of a {args.in_features} -> {args.out_features} linear on CPU, float32 activations",
         "",
@@ -279,6 +369,16 @@ def render(args: argparse.Namespace, rows: list[list[str]], design: tuple | None
             "",
             "; ".join(notes)[:1].upper() + "; ".join(notes)[1:] + " (wall clock).",
         ]
+    if bandwidth is not None:
+        bandwidth_rows, notes = bandwidth
+        lines += [
+            "",
+            "### One token against the memory-bandwidth limit of the layer's bytes",
+            "",
+            *table(["measure", "median time", "GB/s", "share of read bandwidth"], bandwidth_rows),
+            "",
+            "; ".join(notes) + ". GB/s of a layer: its bytes / its time per call (wall clock).",
+        ]
     return "\n".join(lines)
 
 
@@ -287,7 +387,12 @@ def main(argv: list[str] | None = None) -> None:
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
-    report = render(args, measure(args), measure_design(args) if args.design else None)
+    report = render(
+        args,
+        measure(args),
+        measure_design(args) if args.design else None,
+        measure_bandwidth(args) if args.bandwidth else None,
+    )
     print(report)
     if args.output is not None:
         args.output.write_text(report + "\n")

@@ -63,3 +63,17 @@ def test_load_memory_smoke_run_reports_both_checkpoints(tmp_path):
     )  # fmt: skip
     report = output.read_text()
     assert "| float (bfloat16) embeddings |" in report and "| 8-bit embeddings |" in report
+
+
+def test_kernel_benchmark_bandwidth_smoke_run_reports_the_limit(tmp_path):
+    output = tmp_path / "cpu_kernels.md"
+    run_script(
+        "cpu_kernels.py", "--bandwidth", "--tokens", "1", "--in-features", "256", "--out-features", "128",
+        "--num-experts", "4", "--min-rounds", "2", "--max-rounds", "2", "--warmup", "1", "--stream-mib", "8",
+        "--cache-mib", "1", "--output", str(output),
+    )  # fmt: skip
+    report = output.read_text()
+    section = report.split("### One token against the memory-bandwidth limit")[1]
+    for row in ("STREAM-like read", "STREAM-like copy", "packed layer, kernel, cold", "packed layer, forward, cold"):
+        assert f"| {row}" in section, row
+    assert "bandwidth limit of one call" in section
