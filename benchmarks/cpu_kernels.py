@@ -66,7 +66,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--torch-compile", action="store_true", help="include torch.compile in --design")
     parser.add_argument("--bandwidth", action="store_true", help="also measure M=1 against the bandwidth limit")
     parser.add_argument("--stream-mib", type=int, default=512, help="buffer of the STREAM-like loops")
-    parser.add_argument("--cache-mib", type=int, default=None, help="last-level cache (default: from lscpu)")
+    parser.add_argument("--cache-mib", type=int, default=None, help="last-level cache (default: from sysfs)")
     parser.add_argument("--max-rounds", type=int, default=300, help="most timed rounds per M")
     parser.add_argument("--min-rounds", type=int, default=15, help="fewest timed rounds per M")
     parser.add_argument("--budget-s", type=float, default=30.0, help="time allowed per M, sets the rounds")
@@ -248,7 +248,7 @@ def measure_design(args: argparse.Namespace) -> tuple[list[list[str]], list[str]
 
 
 def last_level_cache_bytes() -> int:
-    """The largest cache ``lscpu`` reports (all its instances), or 32 MiB when it cannot say."""
+    """The largest cache of CPU 0 in sysfs (one instance, as ``lscpu -C`` lists it), or 32 MiB when there is none."""
     sizes = []
     for index in range(4):
         path = Path(f"/sys/devices/system/cpu/cpu0/cache/index{index}/size")

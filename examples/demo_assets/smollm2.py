@@ -44,7 +44,12 @@ SMOLLM2_FOLDER_NAME = "smollm2-135m-instruct"
 # A folder counts as a finished model only when all of these exist; the model folder is published
 # with one rename, so a half-written build never carries these names under the final path.
 REQUIRED_MODEL_FILES = ("config.json", "model.safetensors", "tokenizer_config.json")
-_STAGING_PREFIX = f".{SMOLLM2_FOLDER_NAME}.partial-"
+def staging_prefix(folder_name: str) -> str:
+    """Name prefix of the private folder a build of ``folder_name`` happens in (never a cache hit)."""
+    return f".{folder_name}.partial-"
+
+
+_STAGING_PREFIX = staging_prefix(SMOLLM2_FOLDER_NAME)
 
 
 def smollm2_path(cache_dir: str | os.PathLike[str] | None = None) -> Path:
@@ -80,7 +85,7 @@ def cached_model_folder(
         return target
 
     cache.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{folder_name}.partial-", dir=cache))
+    staging = Path(tempfile.mkdtemp(prefix=staging_prefix(folder_name), dir=cache))
     started = time.perf_counter()
     try:
         _progress(f"building {target} (one time, about a minute)")
