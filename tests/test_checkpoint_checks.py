@@ -18,11 +18,14 @@ import optimum_binarymos.ternary_quantizer  # noqa: F401  registers "binarymos_t
 from optimum_binarymos import BinaryMoSConfig, TernaryConfig, latent_saving, save_pretrained
 from optimum_binarymos.methods.binarymos import SvidInitialize
 from optimum_binarymos.methods.ternary import TernaryInitialize
+from optimum_binarymos.packing import FORMAT_VERSION, TERNARY_FORMAT_VERSION
 
 pytestmark = pytest.mark.reliability
 
 BINARY_KEY = "binarymos_format_version"
 TERNARY_KEY = "ternary_format_version"
+#: One past what this installation reads.
+NEWER = FORMAT_VERSION + 1
 
 
 @pytest.fixture
@@ -97,20 +100,24 @@ def test_hand_edited_checkpoint_form_fails_on_the_config_not_on_tensor_sizes(bin
 
 
 @pytest.mark.parametrize(
-    ("checkpoint", "key", "layout"),
-    [("binary_checkpoint", BINARY_KEY, "BinaryMoS"), ("ternary_checkpoint", TERNARY_KEY, "ternary")],
+    ("checkpoint", "key", "layout", "readable"),
+    [
+        ("binary_checkpoint", BINARY_KEY, "BinaryMoS", FORMAT_VERSION),
+        ("ternary_checkpoint", TERNARY_KEY, "ternary", TERNARY_FORMAT_VERSION),
+    ],
 )
-def test_newer_file_format_version_is_refused_even_under_an_older_config(checkpoint, key, layout, request):
+def test_newer_file_format_version_is_refused_even_under_an_older_config(checkpoint, key, layout, readable, request):
     folder = request.getfixturevalue(checkpoint)
     with safe_open(folder / "model.safetensors", framework="pt") as opened:
         assert opened.metadata()[key] == "1"
-    rewrite(folder / "model.safetensors", edit_metadata=set_metadata(key, "3"))
+    newer = readable + 1
+    rewrite(folder / "model.safetensors", edit_metadata=set_metadata(key, str(newer)))
     # config.json still says format_version 1: the file's own version is what is refused.
     assert json.loads((folder / "config.json").read_text())["quantization_config"]["format_version"] == 1
     with pytest.raises(
         ValueError,
-        match=rf"model\.safetensors \(safetensors metadata {key}\) uses {layout} packed format version 3, but "
-        r"the installed optimum-binarymos reads up to version 2\. Upgrade it: pip install -U optimum-binarymos",
+        match=rf"model\.safetensors \(safetensors metadata {key}\) uses {layout} packed format version {newer}, but "
+        rf"the installed optimum-binarymos reads up to version {readable}\. Upgrade it: pip install -U optimum-binarymos",
     ):
         AutoModelForCausalLM.from_pretrained(folder)
 
@@ -143,9 +150,9 @@ def test_every_shard_is_checked(float_checkpoint, tmp_path):
     model.save_pretrained(tmp_path, max_shard_size="20KB")
     shards = sorted(tmp_path.glob("model-*.safetensors"))
     assert len(shards) > 1
-    rewrite(shards[-1], edit_metadata=set_metadata(BINARY_KEY, "3"))
+    rewrite(shards[-1], edit_metadata=set_metadata(BINARY_KEY, str(NEWER)))
     with pytest.raises(
-        ValueError, match=rf"{shards[-1].name} \(safetensors metadata {BINARY_KEY}\).*version 3"
+        ValueError, match=rf"{shards[-1].name} \(safetensors metadata {BINARY_KEY}\).*version {NEWER}"
     ):
         AutoModelForCausalLM.from_pretrained(tmp_path)
 
@@ -157,21 +164,22 @@ def test_latent_checkpoint_with_newer_file_format_version_is_refused(float_check
     with latent_saving(model):
         model.save_pretrained(tmp_path)
     AutoModelForCausalLM.from_pretrained(tmp_path)  # as written: loads
-    rewrite(tmp_path / "model.safetensors", edit_metadata=set_metadata(BINARY_KEY, "3"))
-    with pytest.raises(ValueError, match="format version 3.*pip install -U optimum-binarymos"):
+    rewrite(tmp_path / "model.safetensors", edit_metadata=set_metadata(BINARY_KEY, str(NEWER)))
+    with pytest.raises(ValueError, match=f"format version {NEWER}.*pip install -U optimum-binarymos"):
         AutoModelForCausalLM.from_pretrained(tmp_path)
 
 
 def test_config_and_file_versions_are_refused_with_the_same_words(binary_checkpoint):
-    edit_config(binary_checkpoint, format_version=3)
+    edit_config(binary_checkpoint, format_version=NEWER)
     with pytest.raises(ValueError) as from_config:
         AutoModelForCausalLM.from_pretrained(binary_checkpoint)
     edit_config(binary_checkpoint, format_version=1)
-    rewrite(binary_checkpoint / "model.safetensors", edit_metadata=set_metadata(BINARY_KEY, "3"))
+    rewrite(binary_checkpoint / "model.safetensors", edit_metadata=set_metadata(BINARY_KEY, str(NEWER)))
     with pytest.raises(ValueError) as from_file:
         AutoModelForCausalLM.from_pretrained(binary_checkpoint)
     tail = (
-        " uses BinaryMoS packed format version 3, but the installed optimum-binarymos reads up to version 2."
+        f" uses BinaryMoS packed format version {NEWER}, but the installed optimum-binarymos reads up to"
+        f" version {FORMAT_VERSION}."
     )
     assert tail in str(from_config.value) and tail in str(from_file.value)
 

@@ -42,23 +42,30 @@ def test_quantize_writes_packed_or_latent_models(tiny_folder, tmp_path, capsys):
     assert not (tmp_path / "again").exists()
 
 
-def test_quantize_and_footprint_with_8_bit_embeddings(tiny_folder, tmp_path, capsys):
-    from optimum_binarymos.nn.int8 import Int8Embedding
+@pytest.mark.parametrize(
+    ("bits", "card_line"), [(8, "8-bit (int8 codes, one scale per row)"), (4, "4-bit (codes with one scale per 32")]
+)
+def test_quantize_with_quantized_embeddings(tiny_folder, tmp_path, capsys, bits, card_line):
+    from optimum_binarymos.methods.embeddings import ROW_LAYERS
 
-    arguments = ["--embedding-bits", "8", "--dtype", "float32"]
+    arguments = ["--embedding-bits", str(bits), "--dtype", "float32"]
     assert main(["quantize", str(tiny_folder), str(tmp_path / "packed"), *arguments]) == 0
-    assert "saved packed BinaryMoS model (4 experts), 8-bit embeddings" in capsys.readouterr().out
+    assert f"saved packed BinaryMoS model (4 experts), {bits}-bit embeddings" in capsys.readouterr().out
     packed = AutoModelForCausalLM.from_pretrained(tmp_path / "packed")
-    assert isinstance(packed.get_input_embeddings(), Int8Embedding)
-    assert "8-bit (int8 codes, one scale per row)" in (tmp_path / "packed" / "README.md").read_text()
+    assert isinstance(packed.get_input_embeddings(), ROW_LAYERS[bits][0])
+    assert card_line in (tmp_path / "packed" / "README.md").read_text()
 
+
+def test_footprint_with_8_bit_embeddings(tiny_folder, capsys):
     assert main(["footprint", str(tiny_folder)]) == 0
     float_line = capsys.readouterr().out
     assert main(["footprint", str(tiny_folder), "--embedding-bits", "8"]) == 0
     int8_line = capsys.readouterr().out
     assert "BinaryMoS (E=4), 8-bit embeddings" in int8_line and "8-bit" not in float_line
+    assert main(["footprint", str(tiny_folder), "--embedding-bits", "4"]) == 0
+    assert "BinaryMoS (E=4), 4-bit embeddings" in capsys.readouterr().out
     with pytest.raises(SystemExit):  # argparse refuses the value, naming the choices
-        main(["footprint", str(tiny_folder), "--embedding-bits", "4"])
+        main(["footprint", str(tiny_folder), "--embedding-bits", "2"])
 
 
 def test_quantize_ternary(tiny_folder, tmp_path, capsys):

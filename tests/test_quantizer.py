@@ -20,6 +20,7 @@ from optimum_binarymos import (
     modules_to_convert,
     pack_model,
 )
+from optimum_binarymos.packing import FORMAT_VERSION
 
 
 @pytest.mark.parametrize(
@@ -32,7 +33,7 @@ from optimum_binarymos import (
         ({"svid_iterations": 10**9}, "svid_iterations must be an integer from 0 to 10000"),
         ({"modules_to_not_convert": [""]}, "modules_to_not_convert must be a list"),
         ({"format_version": 0}, "format_version must be a positive integer"),
-        ({"format_version": 99}, "reads up to version 2. Upgrade it"),
+        ({"format_version": 99}, f"reads up to version {FORMAT_VERSION}. Upgrade it"),
         ({"num_expert": 4}, "unknown arguments: num_expert"),
     ],
 )
@@ -64,9 +65,9 @@ def packed_checkpoint(float_checkpoint, tmp_path):
 def test_newer_format_version_is_refused(packed_checkpoint):
     config_path = packed_checkpoint / "config.json"
     config = json.loads(config_path.read_text())
-    config["quantization_config"]["format_version"] = 3
+    config["quantization_config"]["format_version"] = FORMAT_VERSION + 1
     config_path.write_text(json.dumps(config))
-    with pytest.raises(ValueError, match="format version 3.*pip install -U optimum-binarymos"):
+    with pytest.raises(ValueError, match=f"format version {FORMAT_VERSION + 1}.*pip install -U optimum-binarymos"):
         AutoModelForCausalLM.from_pretrained(packed_checkpoint)
 
 

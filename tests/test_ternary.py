@@ -23,6 +23,7 @@ from optimum_binarymos import TernaryConfig, convert_model, latent_saving, modul
 from optimum_binarymos.kernels.ternary import ternary_matmul, ternary_matmul_torch
 from optimum_binarymos.nn.ternary import PackedTernaryLinear, TernaryLinear, ternarize_ste, twn_init
 from optimum_binarymos.packing import (
+    TERNARY_FORMAT_VERSION,
     pack_ternary,
     round_ternary,
     ternarize,
@@ -352,7 +353,7 @@ def test_conversion_follows_the_formulas_and_packed_reload_matches(arch, float_c
         ({"init_threshold": float("nan")}, "init_threshold must be a finite number >= 0"),
         ({"shift_init": "median"}, "shift_init must be one of"),
         ({"modules_to_not_convert": [""]}, "modules_to_not_convert must be a list"),
-        ({"format_version": 3}, "reads up to version 2. Upgrade it"),
+        ({"format_version": TERNARY_FORMAT_VERSION + 1}, f"reads up to version {TERNARY_FORMAT_VERSION}. Upgrade it"),
         ({"checkpoint_form": "fp16"}, "checkpoint_form must be one of"),
         ({"groupsize": 64}, "unknown arguments: groupsize"),
     ],
@@ -411,9 +412,9 @@ def test_float_weights_under_a_ternary_config_and_newer_versions_are_refused(flo
     (tmp_path / "config.json").write_text(json.dumps(config))
     with pytest.raises(ValueError, match=r"model\.layers\.0\.self_attn\.q_proj\.weight is a float weight"):
         AutoModelForCausalLM.from_pretrained(tmp_path)
-    config["quantization_config"]["format_version"] = 3
+    config["quantization_config"]["format_version"] = TERNARY_FORMAT_VERSION + 1
     (tmp_path / "config.json").write_text(json.dumps(config))
-    with pytest.raises(ValueError, match="ternary packed format version 3.*pip install -U optimum-binarymos"):
+    with pytest.raises(ValueError, match=f"ternary packed format version {TERNARY_FORMAT_VERSION + 1}.*pip install -U optimum-binarymos"):
         AutoModelForCausalLM.from_pretrained(tmp_path)
 
 

@@ -98,9 +98,10 @@ def _embedding_bits_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--embedding-bits",
         type=int,
-        choices=(8,),
+        choices=(8, 4),
         default=None,
-        help="8: input embeddings and lm_head as int8 rows with one scale each (default: float)",
+        help="8: input embeddings and lm_head as int8 rows with one scale each; 4: 4-bit codes with one scale per "
+        "32 columns (default: float)",
     )
 
 

@@ -46,8 +46,9 @@ def convert_model(model: nn.Module, quantization_config: QuantizationConfig | No
     Returns:
         ``model``, with every converted layer a :class:`BinaryMoSLinear` (or a
         :class:`~optimum_binarymos.nn.ternary.TernaryLinear` under a ``TernaryConfig``), and with
-        ``embedding_bits=8`` its input embeddings and output head 8-bit
-        (:class:`~optimum_binarymos.nn.int8.Int8Embedding`, :class:`~optimum_binarymos.nn.int8.Int8Linear`).
+        ``embedding_bits=8`` (or ``4``) its input embeddings and output head quantized
+        (:class:`~optimum_binarymos.nn.int8.Int8Embedding`, :class:`~optimum_binarymos.nn.int8.Int8Linear`, or
+        :class:`~optimum_binarymos.nn.int4.Int4Embedding`, :class:`~optimum_binarymos.nn.int4.Int4Linear`).
     """
     existing = method_for_model(model)
     if existing is not None:
@@ -73,7 +74,7 @@ def convert_model(model: nn.Module, quantization_config: QuantizationConfig | No
     with torch.no_grad():
         replace_modules(model, names, build)
         if config.embedding_bits is not None:
-            quantize_embeddings(model)
+            quantize_embeddings(model, config.embedding_bits)
     progress.close()
     attach_quantizer(model, config, pre_quantized=False)
     return model

@@ -2,8 +2,9 @@
 
 The accounting is the papers' (and the layouts of ``docs/FORMAT.md`` and ``docs/FORMAT_TERNARY.md``): everything
 that stays in float (embeddings, ``lm_head``, norms, layers kept in float) costs 2 bytes per value; with
-``embedding_bits=8`` the embeddings and ``lm_head`` cost 1 byte per value plus one float scale per row (a head tied
-to the embeddings shares their codes and saves its own scales). In a converted ``(out, in)`` layer:
+``embedding_bits=8`` the embeddings and ``lm_head`` cost 1 byte per value plus one float scale per row, with ``4``
+half a byte per value plus one float scale per 32 columns (a head tied to the embeddings shares their codes and
+saves its own scales). In a converted ``(out, in)`` layer:
 
 * BinaryMoS: a weight costs 1 bit, each row rounded up to whole bytes as the packed tensor ``(out, ceil(in / 8))``
   is; the scales ``(E, in) + (E, out)``, the router ``(E, in)`` (only when ``E > 1``) and the bias cost 2 bytes per
@@ -21,6 +22,7 @@ Byte counts of packed tensors come from :mod:`optimum_binarymos.packing`, the on
 from __future__ import annotations
 
 import copy
+import math
 from dataclasses import dataclass
 
 import torch
@@ -31,6 +33,7 @@ from .methods.binarymos import QUANT_METHOD, BinaryMoSConfig
 from .methods.config_base import MethodConfig
 from .methods.embeddings import embedding_module_names
 from .methods.ternary import TERNARY_QUANT_METHOD
+from .packing import row_layout_shapes
 from .replacement import linear_dims, modules_to_convert
 
 QuantizationConfig = MethodConfig
@@ -55,7 +58,7 @@ class Footprint:
         method: ``quant_method`` of the conversion: ``"binarymos"`` or ``"binarymos_ternary"``.
         group_size: ternary only: input columns per scale/shift group.
         code_packing: ternary only: ``"2bit"`` or ``"base3"``.
-        embedding_bits: ``8`` when the embeddings and ``lm_head`` are counted as 8-bit rows, else None.
+        embedding_bits: ``8`` or ``4`` when the embeddings and ``lm_head`` are counted in that row layout, else None.
     """
 
     num_experts: int | None
@@ -222,13 +225,15 @@ def model_footprint(
         module_name, _, tensor_name = key.rpartition(".")
         if module_name in row_quantized and tensor_name in ("weight", "weight_scale"):
             if tensor_name == "weight":
-                rows = tensor.shape[0]
-                other_packed += rows * float_bytes  # its scales, saved per module even when the codes are tied
+                module = model.get_submodule(module_name)
+                rows, columns = _matrix_shape(module)
+                codes, codes_dtype, scales = row_layout_shapes(getattr(module, "bits", embedding_bits), rows, columns)
+                other_packed += math.prod(scales) * float_bytes  # saved per module even when the codes are tied
                 if id(tensor) not in seen:
                     seen.add(id(tensor))
-                    parameters += tensor.numel()
-                    other_float += tensor.numel() * FLOAT16_BYTES
-                    other_packed += tensor.numel()  # one byte per code
+                    parameters += rows * columns
+                    other_float += rows * columns * FLOAT16_BYTES
+                    other_packed += math.prod(codes) * codes_dtype.itemsize
             continue
         if key.startswith(prefixes) or id(tensor) in seen:
             continue  # converted layers are counted above; tied weights once
@@ -251,6 +256,13 @@ def model_footprint(
         embedding_bits=embedding_bits,
         **details,
     )
+
+
+def _matrix_shape(module: nn.Module) -> tuple[int, int]:
+    """``(rows, columns)`` of an embedding table or an output head's weight, float or quantized."""
+    if hasattr(module, "num_embeddings"):
+        return module.num_embeddings, module.embedding_dim
+    return module.out_features, module.in_features
 
 
 def _dims(module: nn.Module) -> tuple[int, int, bool]:

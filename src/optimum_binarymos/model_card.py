@@ -243,6 +243,10 @@ def _snippet(method: CardMethod, model_id: str) -> str:
     )
 
 
+#: How the model card names each ``embedding_bits`` layout.
+EMBEDDING_LAYOUTS = {8: "8-bit (int8 codes, one scale per row)", 4: "4-bit (codes with one scale per 32 columns)"}
+
+
 def _settings_rows(
     model: nn.Module, method: CardMethod, quantization, footprint: Footprint, float_dtype
 ) -> str:
@@ -264,7 +268,7 @@ def _settings_rows(
         ),
         ("kept in float", kept),
         *(
-            [("embeddings and `lm_head`", "8-bit (int8 codes, one scale per row)")]
+            [("embeddings and `lm_head`", EMBEDDING_LAYOUTS[quantization.embedding_bits])]
             if getattr(quantization, "embedding_bits", None) is not None
             else []
         ),

@@ -17,15 +17,19 @@ from __future__ import annotations
 import torch
 
 #: Newest version of the BinaryMoS on-disk layout, the largest this library reads. Readers refuse checkpoints with
-#: a larger number. Version 2 added 8-bit embeddings (:func:`quantize_rows`); checkpoints without them are still
-#: written as version 1 (:data:`FIRST_FORMAT_VERSION`), so that older readers keep reading them.
-FORMAT_VERSION = 2
+#: a larger number. Version 2 added 8-bit embeddings (:func:`quantize_rows`), version 3 4-bit ones
+#: (:func:`quantize_groups4`); a checkpoint is written with the oldest version that holds it (1 with float
+#: embeddings, :data:`FIRST_FORMAT_VERSION`), so that older readers keep reading what they can.
+FORMAT_VERSION = 3
 
 #: The version written for checkpoints that use nothing newer (float embeddings), for either method.
 FIRST_FORMAT_VERSION = 1
 
 #: The first version of either layout with 8-bit embeddings (``embedding_bits=8``).
 ROWS_FORMAT_VERSION = 2
+
+#: The first version of either layout with 4-bit embeddings (``embedding_bits=4``).
+GROUPS4_FORMAT_VERSION = 3
 
 #: Weights per byte of the packed sign tensor.
 SIGNS_PER_BYTE = 8
@@ -113,8 +117,8 @@ def unpack_signs(packed: torch.Tensor, in_features: int, dtype: torch.dtype = to
 # * Padding columns (``k >= in_features``) hold code 1 (a zero weight); readers must still ignore them.
 # ---------------------------------------------------------------------------------------------------------------
 
-#: Newest version of the ternary on-disk layout (2: 8-bit embeddings, as for BinaryMoS).
-TERNARY_FORMAT_VERSION = 2
+#: Newest version of the ternary on-disk layout (2: 8-bit embeddings, 3: 4-bit ones, as for BinaryMoS).
+TERNARY_FORMAT_VERSION = 3
 
 #: Codes per byte of each ternary code packing; the first one is the default.
 TRITS_PER_BYTE = {"2bit": 4, "base3": 5}
@@ -299,3 +303,131 @@ def dequantize_rows(codes: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype
             f"{tuple(codes.shape)} and {tuple(scale.shape)}"
         )
     return (codes.float() * scale.float().unsqueeze(1)).to(dtype or scale.dtype)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# 4-bit groups (embeddings and lm_head, ``embedding_bits=4``; format version 3 of both layouts, ``docs/FORMAT.md``
+# section 10).
+#
+# * A matrix of shape ``(rows, columns)`` is cut into groups of 32 consecutive columns (the last one padded with
+#   zeros) with one float scale each, ``weight_scale`` ``(rows, ceil(columns / 32))`` in the model's float dtype.
+# * Each value is a code ``q`` in ``1..15`` standing for ``(q - 8) * scale``, with
+#   ``q - 8 = clamp(round(W / scale), -7, 7)`` and ``scale = max |W| / 7`` over the group (rounded to the stored
+#   dtype first). Code 0 is never written; an all-zero group has scale 0 and codes 8.
+# * Codes are stored as ``uint8`` ``(rows, 16 * ceil(columns / 32))``, 16 bytes per group: byte ``i`` of group
+#   ``g`` holds column ``32 * g + i`` in its low nibble and column ``32 * g + 16 + i`` in its high nibble, so one
+#   16-byte load widens to two runs of 16 consecutive columns. Padding columns hold code 8 (zero).
+# ---------------------------------------------------------------------------------------------------------------
+
+#: Columns that share one scale in :func:`quantize_groups4`.
+GROUP4_SIZE = 32
+
+#: Largest magnitude of a 4-bit value (symmetric: code 0, which would be -8, is never written).
+GROUP4_CODE_MAX = 7
+
+#: The code of a zero value (codes are values + 8).
+GROUP4_ZERO_CODE = 8
+
+
+def groups4_count(columns: int) -> int:
+    """Number of 32-column groups (scales per row) of a ``columns``-wide matrix."""
+    return -(-columns // GROUP4_SIZE)
+
+
+def groups4_packed_columns(columns: int) -> int:
+    """Bytes per row of the 4-bit codes of a ``columns``-wide matrix (16 per group)."""
+    return groups4_count(columns) * GROUP4_SIZE // 2
+
+
+def quantize_groups4(weight: torch.Tensor, scale_dtype: torch.dtype | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric 4-bit codes with one scale per 32 columns, packed two per byte.
+
+    Args:
+        weight: ``(rows, columns)`` float tensor.
+        scale_dtype: dtype the scales are stored in (default: ``weight``'s); the codes are computed against the
+            stored (rounded) scale.
+
+    Returns:
+        ``(codes, scale)``: ``(rows, 16 * G)`` ``uint8`` and ``(rows, G)`` in ``scale_dtype``, ``G =
+        ceil(columns / 32)``, on ``weight``'s device.
+    """
+    if weight.ndim != 2 or not weight.is_floating_point():
+        raise ValueError(
+            f"quantize_groups4 expects a 2-D float tensor, got {weight.dtype} of shape {tuple(weight.shape)}"
+        )
+    rows, columns = weight.shape
+    groups = groups4_count(columns)
+    wide = torch.nn.functional.pad(weight.float(), (0, groups * GROUP4_SIZE - columns)).view(rows, groups, -1)
+    scale = (wide.abs().amax(dim=2) / GROUP4_CODE_MAX).to(scale_dtype or weight.dtype)
+    divisor = scale.float().unsqueeze(2)
+    values = torch.where(divisor > 0, wide / divisor.clamp_min(torch.finfo(torch.float32).tiny), 0.0)
+    codes = values.round_().clamp_(-GROUP4_CODE_MAX, GROUP4_CODE_MAX).add_(GROUP4_ZERO_CODE).to(torch.uint8)
+    half = GROUP4_SIZE // 2
+    packed = codes[..., :half] | (codes[..., half:] << 4)
+    return packed.reshape(rows, groups * half), scale
+
+
+def dequantize_groups4(
+    codes: torch.Tensor, scale: torch.Tensor, columns: int, dtype: torch.dtype | None = None
+) -> torch.Tensor:
+    """Values of :func:`quantize_groups4`'s codes: ``(rows, columns)`` in ``dtype`` (default: ``scale``'s),
+    computed in float32.
+
+    Args:
+        codes: ``(rows, 16 * G)`` ``uint8``.
+        scale: ``(rows, G)``.
+        columns: logical number of columns (padding columns are dropped).
+    """
+    groups = groups4_count(columns)
+    rows = codes.shape[0] if codes.ndim == 2 else -1
+    if (
+        codes.dtype != PACKED_DTYPE
+        or codes.ndim != 2
+        or codes.shape[1] != groups4_packed_columns(columns)
+        or tuple(scale.shape) != (rows, groups)
+    ):
+        raise ValueError(
+            f"dequantize_groups4 expects ({rows}, {groups4_packed_columns(columns)}) {PACKED_DTYPE} codes and "
+            f"({rows}, {groups}) scales for {columns} columns, got {codes.dtype} {tuple(codes.shape)} and "
+            f"{tuple(scale.shape)}"
+        )
+    grouped = codes.view(rows, groups, GROUP4_SIZE // 2)
+    nibbles = torch.cat([grouped & 15, grouped >> 4], dim=2).float().sub_(GROUP4_ZERO_CODE)
+    values = nibbles.mul_(scale.float().unsqueeze(2)).view(rows, groups * GROUP4_SIZE)[:, :columns]
+    return values.to(dtype or scale.dtype)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The two row layouts by their number of bits (``embedding_bits``).
+# ---------------------------------------------------------------------------------------------------------------
+
+#: Values of ``embedding_bits`` that have a row layout.
+ROW_LAYOUT_BITS = (8, 4)
+
+
+def row_layout_shapes(bits: int, rows: int, columns: int) -> tuple[tuple[int, int], torch.dtype, tuple[int, ...]]:
+    """``(codes shape, codes dtype, scale shape)`` of a ``(rows, columns)`` matrix in the ``bits``-bit layout."""
+    if bits == 8:
+        return (rows, columns), ROW_CODE_DTYPE, (rows,)
+    if bits == 4:
+        return (rows, groups4_packed_columns(columns)), PACKED_DTYPE, (rows, groups4_count(columns))
+    raise ValueError(f"no row layout has {bits} bits; the layouts are {ROW_LAYOUT_BITS}")
+
+
+def quantize_row_layout(
+    weight: torch.Tensor, bits: int, scale_dtype: torch.dtype | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(codes, scale)`` of ``weight`` in the ``bits``-bit layout (:func:`quantize_rows` or
+    :func:`quantize_groups4`)."""
+    row_layout_shapes(bits, 0, 0)
+    return quantize_rows(weight, scale_dtype) if bits == 8 else quantize_groups4(weight, scale_dtype)
+
+
+def dequantize_row_layout(
+    codes: torch.Tensor, scale: torch.Tensor, columns: int, bits: int, dtype: torch.dtype | None = None
+) -> torch.Tensor:
+    """``(rows, columns)`` values of a ``bits``-bit layout (:func:`dequantize_rows` or :func:`dequantize_groups4`)."""
+    row_layout_shapes(bits, 0, 0)
+    if bits == 8:
+        return dequantize_rows(codes, scale, dtype)
+    return dequantize_groups4(codes, scale, columns, dtype)

@@ -7,7 +7,8 @@ below) instead of breaking its graph at an opaque ctypes or Triton call:
 * ``optimum_binarymos::packed_linear(x, packed, in_features, scale_in, scale_out, gates, bias, backend,
   router_weight)`` (the router weight instead of the gates: the kernel mixes the scales itself)
 * ``optimum_binarymos::ternary_matmul(x, codes, scale, shift, in_features, group_size, code_packing, backend)``
-* ``optimum_binarymos::int8_linear(x, codes, scale, bias)`` (8-bit ``lm_head``, :mod:`.int8`)
+* ``optimum_binarymos::int8_linear(x, codes, scale, bias)`` (8-bit ``lm_head``, :mod:`.rows`)
+* ``optimum_binarymos::int4_linear(x, codes, scale, bias)`` (4-bit ``lm_head``, :mod:`.rows`)
 
 Each takes 2-D activations; the first two also take the backend name of :mod:`.dispatch` (``"auto"``, ``"triton"`` or ``"torch"``, as
 chosen by the layer), which it resolves for the tensors' device when it runs. They are registered with
@@ -22,7 +23,8 @@ from __future__ import annotations
 import torch
 
 from .dispatch import select_backend
-from .int8 import int8_linear as int8_linear_inference
+from .rows import int4_linear as int4_linear_inference
+from .rows import int8_linear as int8_linear_inference
 from .ternary import ternary_matmul_inference
 from .torch_backend import packed_linear as torch_packed_linear
 from .torch_backend import router_gates
@@ -69,6 +71,8 @@ _LIBRARY.define(
 _LIBRARY.impl("ternary_matmul", ternary_matmul_inference, "CompositeExplicitAutograd")
 _LIBRARY.define("int8_linear(Tensor x, Tensor codes, Tensor scale, Tensor? bias) -> Tensor")
 _LIBRARY.impl("int8_linear", int8_linear_inference, "CompositeExplicitAutograd")
+_LIBRARY.define("int4_linear(Tensor x, Tensor codes, Tensor scale, Tensor? bias) -> Tensor")
+_LIBRARY.impl("int4_linear", int4_linear_inference, "CompositeExplicitAutograd")
 
 
 @torch.library.register_fake(f"{NAMESPACE}::packed_linear")
@@ -86,7 +90,13 @@ def _(x, codes, scale, bias):
     return x.new_empty(x.shape[0], codes.shape[0])
 
 
+@torch.library.register_fake(f"{NAMESPACE}::int4_linear")
+def _(x, codes, scale, bias):
+    return x.new_empty(x.shape[0], codes.shape[0])
+
+
 #: The operators' overloads, called directly (skipping the overload lookup of ``torch.ops``).
 packed_linear = torch.ops.optimum_binarymos.packed_linear.default
 ternary_matmul = torch.ops.optimum_binarymos.ternary_matmul.default
 int8_linear = torch.ops.optimum_binarymos.int8_linear.default
+int4_linear = torch.ops.optimum_binarymos.int4_linear.default

@@ -33,11 +33,11 @@ from ..replacement import float_weight, linear_dims, modules_to_convert, replace
 from .config_base import newer_format_message
 from .dequantization import float_layer
 from .embeddings import (
-    INT8_LAYER_TYPES,
+    ROW_LAYER_TYPES,
     dequantize_embeddings,
     embedding_skeletons,
-    int8_modules,
     quantize_embeddings,
+    row_quantized_modules,
 )
 from .registry import QuantizationMethod, method_for_config, quantized_layers
 
@@ -220,7 +220,8 @@ class PackingHfQuantizer(HfQuantizer):
             lambda _name, module: self.skeleton(module, self.loads_packed, dtype),
         )
         if self.pre_quantized and self.quantization_config.embedding_bits is not None:
-            embedding_skeletons(model, dtype)  # a saved model's embeddings are 8-bit in either form
+            # A saved model's embeddings are quantized in either form.
+            embedding_skeletons(model, self.quantization_config.embedding_bits, dtype)
         checkpoint_files = kwargs.get("checkpoint_files") or []
         if self.pre_quantized:
             check_one_model_per_folder(checkpoint_files)
@@ -244,11 +245,11 @@ class PackingHfQuantizer(HfQuantizer):
             model, (self.latent_layer_type, self.packed_layer_type), self.method_name, whole_model=self.pre_quantized
         )
         if self.pre_quantized:
-            _check_finite(model, (self.latent_layer_type, self.packed_layer_type, *INT8_LAYER_TYPES), self.method_name)
+            _check_finite(model, (self.latent_layer_type, self.packed_layer_type, *ROW_LAYER_TYPES), self.method_name)
         elif self.quantization_config.embedding_bits is not None:
-            quantize_embeddings(model)
-        for layer in int8_modules(model).values():
-            layer.requires_grad_(False)  # loading makes float tensors trainable; 8-bit rows never train
+            quantize_embeddings(model, self.quantization_config.embedding_bits)
+        for layer in row_quantized_modules(model).values():
+            layer.requires_grad_(False)  # loading makes float tensors trainable; quantized rows never train
         # Whatever was loaded, the next save_pretrained writes packed layers unless asked otherwise.
         self.quantization_config.checkpoint_form = "packed"
         self._calibrate(model)
@@ -445,7 +446,7 @@ def check_packed_checkpoint(
     # A head tied to the input embeddings is not stored (transformers ties it again after loading).
     tied = set(getattr(model, "all_tied_weights_keys", None) or {})
     for module_name, module in model.named_modules():
-        if not isinstance(module, (quantizer.packed_layer_type, *INT8_LAYER_TYPES)):
+        if not isinstance(module, (quantizer.packed_layer_type, *ROW_LAYER_TYPES)):
             continue
         weight_dtype = headers.get(f"{module_name}.weight", ((), ""))[1]
         if _is_float(weight_dtype):

@@ -3,215 +3,38 @@
 On a small model the embedding table is most of the bytes (SmolLM2-135M: 49152 x 576, 82 % of a packed 1-bit
 checkpoint) and, as the ``lm_head`` tied to it, the largest product of every decoded token. Both layers store
 ``weight`` ``int8 (rows, hidden)`` and ``weight_scale`` ``(rows,)`` (layout: :func:`optimum_binarymos.packing.
-quantize_rows`); they are frozen (no gradient reaches the codes), and the head still passes gradients to its
-input, so adapters train through it.
+quantize_rows`); what they share with the 4-bit layers is in :mod:`.rows`.
 """
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from ..kernels import ops
-from ..packing import ROW_CODE_DTYPE, dequantize_rows, quantize_rows
+from .rows import RowQuantizedEmbedding, RowQuantizedLinear, check_embedding, check_head
+
+__all__ = ["INT8_LAYER_TYPES", "Int8Embedding", "Int8Linear", "check_embedding", "check_head"]
 
 
-def _frozen(tensor: torch.Tensor) -> nn.Parameter:
-    return nn.Parameter(tensor, requires_grad=False)
+class Int8Embedding(RowQuantizedEmbedding):
+    """Token embeddings from 8-bit codes: ``(...)`` token ids -> ``(..., hidden)`` in ``weight_scale``'s dtype."""
 
-
-class _RowQuantizedMixin:
-    """``weight`` (int8 codes) and ``weight_scale`` (one float per row) of both layers."""
-
-    weight: nn.Parameter
-    weight_scale: nn.Parameter
-
-    def _init_rows(self, rows: int, columns: int, device, dtype) -> None:
-        self.weight = _frozen(torch.zeros(rows, columns, dtype=ROW_CODE_DTYPE, device=device))
-        self.weight_scale = _frozen(torch.ones(rows, dtype=dtype or torch.get_default_dtype(), device=device))
-
-    @torch.no_grad()
-    def _load_rows(self, weight: torch.Tensor) -> None:
-        codes, scale = quantize_rows(weight, self.weight_scale.dtype)
-        self.weight.copy_(codes)
-        self.weight_scale.copy_(scale)
-
-    def dequantized_weight(self, dtype: torch.dtype | None = None) -> torch.Tensor:
-        """``(rows, hidden)`` float weight the layer computes with (``weight_scale``'s dtype by default)."""
-        return dequantize_rows(self.weight, self.weight_scale, dtype)
-
-
-class Int8Embedding(_RowQuantizedMixin, nn.Module):
-    """Token embeddings from 8-bit codes: ``(...)`` token ids -> ``(..., hidden)`` in ``weight_scale``'s dtype.
-
-    ``embed_scale`` (a constant factor some architectures, such as Gemma, apply to their embeddings) is kept when
-    the float embedding had one.
-    """
-
-    def __init__(
-        self,
-        num_embeddings: int,
-        embedding_dim: int,
-        padding_idx: int | None = None,
-        embed_scale: float | None = None,
-        device=None,
-        dtype=None,
-    ) -> None:
-        super().__init__()
-        self.num_embeddings = num_embeddings
-        self.embedding_dim = embedding_dim
-        self.padding_idx = padding_idx
-        self._init_rows(num_embeddings, embedding_dim, device, dtype)
-        self.embed_scale = embed_scale
-
-    @classmethod
-    def skeleton_of(cls, embedding: nn.Embedding, dtype: torch.dtype | None = None) -> Int8Embedding:
-        """An uninitialized layer shaped like ``embedding`` (on its device; meta while loading)."""
-        check_embedding(embedding)
-        return cls(
-            embedding.num_embeddings,
-            embedding.embedding_dim,
-            embedding.padding_idx,
-            _embed_scale(embedding),
-            device=embedding.weight.device,
-            dtype=dtype or embedding.weight.dtype,
-        )
-
-    @classmethod
-    def from_float(cls, embedding: nn.Embedding) -> Int8Embedding:
-        """The 8-bit layer of a float ``nn.Embedding`` (codes and scales of :func:`~optimum_binarymos.packing.
-        quantize_rows`)."""
-        layer = cls.skeleton_of(embedding)
-        layer._load_rows(embedding.weight.detach())
-        return layer
+    bits = 8
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
         rows = F.embedding(input_ids, self.weight, self.padding_idx)
         out = rows.to(self.weight_scale.dtype) * self.weight_scale[input_ids].unsqueeze(-1)
         return out if self.embed_scale is None else out * self.embed_scale
 
-    def dequantize(self, dtype: torch.dtype | None = None) -> nn.Embedding:
-        """The float ``nn.Embedding`` with this layer's values (``embed_scale`` folded in)."""
-        weight = self.dequantized_weight(torch.float32)
-        if self.embed_scale is not None:
-            weight = weight * self.embed_scale
-        embedding = nn.Embedding(
-            self.num_embeddings, self.embedding_dim, self.padding_idx, device=weight.device,
-            dtype=dtype or self.weight_scale.dtype,
-        )  # fmt: skip
-        with torch.no_grad():
-            embedding.weight.copy_(weight)
-        return embedding
 
-    def extra_repr(self) -> str:
-        return f"{self.num_embeddings}, {self.embedding_dim}, int8 rows"
+class Int8Linear(RowQuantizedLinear):
+    """Output head from 8-bit codes: ``(..., in)`` -> ``(..., out)``, ``y = (x @ Q^T) * scale + bias``, through
+    ``optimum_binarymos::int8_linear``."""
 
-
-class Int8Linear(_RowQuantizedMixin, nn.Module):
-    """Output head from 8-bit codes: ``(..., in)`` -> ``(..., out)``, ``y = (x @ Q^T) * scale + bias``.
-
-    Without a gradient to compute it runs ``optimum_binarymos::int8_linear`` (the native CPU kernel reads the codes
-    as bytes); when autograd must flow to its input (adapters trained below it) it multiplies by the dequantized
-    weight instead.
-    """
-
-    def __init__(self, in_features: int, out_features: int, bias: bool = False, device=None, dtype=None) -> None:
-        super().__init__()
-        self.in_features = in_features
-        self.out_features = out_features
-        self._init_rows(out_features, in_features, device, dtype)
-        self.bias = None
-        if bias:
-            self.bias = _frozen(torch.zeros(out_features, dtype=self.weight_scale.dtype, device=device))
-
-    @classmethod
-    def skeleton_of(cls, linear: nn.Linear, dtype: torch.dtype | None = None) -> Int8Linear:
-        """An uninitialized layer shaped like ``linear`` (on its device; meta while loading)."""
-        check_head(linear)
-        return cls(
-            linear.in_features,
-            linear.out_features,
-            linear.bias is not None,
-            device=linear.weight.device,
-            dtype=dtype or linear.weight.dtype,
-        )
-
-    @classmethod
-    def from_float(cls, linear: nn.Linear, tied_to: Int8Embedding | None = None) -> Int8Linear:
-        """The 8-bit layer of a float ``nn.Linear``. With ``tied_to`` (the model ties its head to its input
-        embeddings) the codes are that layer's ``weight`` itself and the scales a copy of its ``weight_scale``."""
-        layer = cls.skeleton_of(linear)
-        if tied_to is not None:
-            layer.weight = tied_to.weight
-            with torch.no_grad():
-                layer.weight_scale.copy_(tied_to.weight_scale)
-        else:
-            layer._load_rows(linear.weight.detach())
-        if linear.bias is not None:
-            with torch.no_grad():
-                layer.bias.copy_(linear.bias)
-        return layer
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if torch.is_grad_enabled() and x.requires_grad:
-            return F.linear(x, self.dequantized_weight(x.dtype), None if self.bias is None else self.bias.to(x.dtype))
-        flat = x.reshape(-1, self.in_features)
-        y = ops.int8_linear(flat, self.weight, self.weight_scale, self.bias)
-        return y.reshape(*x.shape[:-1], self.out_features)
-
-    def dequantize(self, dtype: torch.dtype | None = None) -> nn.Linear:
-        """The float ``nn.Linear`` with this layer's values."""
-        dtype = dtype or self.weight_scale.dtype
-        linear = nn.Linear(
-            self.in_features, self.out_features, self.bias is not None, device=self.weight.device, dtype=dtype
-        )
-        with torch.no_grad():
-            linear.weight.copy_(self.dequantized_weight(torch.float32))
-            if self.bias is not None:
-                linear.bias.copy_(self.bias)
-        return linear
-
-    def extra_repr(self) -> str:
-        return f"in_features={self.in_features}, out_features={self.out_features}, int8 rows"
+    bits = 8
+    kernel = ops.int8_linear
 
 
 #: The 8-bit layer classes.
 INT8_LAYER_TYPES = (Int8Embedding, Int8Linear)
-
-
-def _embed_scale(embedding: nn.Module) -> float | None:
-    scale = getattr(embedding, "embed_scale", None)
-    if scale is None:
-        return None
-    return float(scale.item() if isinstance(scale, torch.Tensor) else scale)
-
-
-def check_embedding(embedding: nn.Module) -> None:
-    """Refuse input embeddings whose forward is not a plain lookup (times a constant ``embed_scale``).
-
-    Raises:
-        TypeError: naming the module type, with the way out (``embedding_bits=None``).
-    """
-    plain = isinstance(embedding, nn.Embedding) and (
-        type(embedding).forward is nn.Embedding.forward or _embed_scale(embedding) is not None
-    )
-    if not plain or embedding.max_norm is not None:
-        raise TypeError(
-            f"embedding_bits=8 stores nn.Embedding tables; this model's input embeddings are a "
-            f"{type(embedding).__name__}, whose forward does more than a lookup. Keep them in float with "
-            "embedding_bits=None."
-        )
-
-
-def check_head(linear: nn.Module) -> None:
-    """Refuse an output head that is not an ``nn.Linear``.
-
-    Raises:
-        TypeError: naming the module type, with the way out (``embedding_bits=None``).
-    """
-    if type(linear) is not nn.Linear:
-        raise TypeError(
-            f"embedding_bits=8 stores an nn.Linear output head; this model's is a {type(linear).__name__}. Keep "
-            "it in float with embedding_bits=None."
-        )

@@ -33,6 +33,11 @@
  * row (the 8-bit embeddings and lm_head of packing.py's row layout): each group of 8 weights is widened once
  * and multiplied into every row of the tile of activations.
  *
+ * bmos_int4_linear_f32 computes y = sum_g scale[n, g] * (x_g . (Q_g - 8)) + bias for packing.py's 4-bit groups
+ * (32 columns per scale, 16 bytes per group, byte i holding column i in its low nibble and column 16 + i in its
+ * high one): one 16-byte load widens to two runs of 16 consecutive columns, decoded once to scaled floats and
+ * multiplied into every row of the tile of activations.
+ *
  * bmos_ternary_f32 computes the packed ternary product of packing.py's "2bit" layout (codes T + 1, 4 per byte,
  * least significant pair first) with per-group scale alpha and shift gamma,
  *
@@ -63,7 +68,7 @@
 #define BMOS_AVX512 0
 #endif
 
-#define ABI_VERSION 2
+#define ABI_VERSION 3
 /* Rows of activations that share one decoded byte of weights. */
 #define MAX_TILE 8
 /* Output rows per task of the thread pool; small enough to balance two to a few dozen threads. */
@@ -619,4 +624,165 @@ int bmos_ternary_f32(const float* x, int64_t M, int64_t K, int64_t ldx, const ui
     pool_run(ternary_task, &context, (N + ROWS_PER_TASK - 1) / ROWS_PER_TASK, threads);
     free(xs);
     return 0;
+}
+
+/* What every task of one bmos_int4_linear_f32 call reads (and the output it writes). */
+typedef struct {
+    const float* x;
+    int64_t M, K, ldx;
+    const uint8_t* q;
+    int64_t ldq;
+    const float* scale; /* (N, G) contiguous, G = ceil(K / 32) */
+    int64_t G;
+    const float* bias;
+    int64_t N;
+    float* y;
+    int64_t ldy;
+} int4_context;
+
+#define GROUP4 32
+
+/* sum over the `valid` (< 32) columns of one partial group: x . (codes - 8) * scale, for mt rows, added to out. */
+ALWAYS_INLINE void int4_partial_group(const float* x, int64_t ld, const int mt, const uint8_t* q, float scale,
+                                      int64_t valid, float* out) {
+    for (int m = 0; m < mt; m++) {
+        float total = 0.0f;
+        for (int64_t k = 0; k < valid; k++) {
+            const int code = k < GROUP4 / 2 ? (q[k] & 15) : (q[k - GROUP4 / 2] >> 4);
+            total += x[m * ld + k] * (float)(code - 8);
+        }
+        out[m] += total * scale;
+    }
+}
+
+#if BMOS_AVX512
+/* Group g of a row of 4-bit codes as scaled floats: columns 0-15 in *w0, 16-31 in *w1. */
+ALWAYS_INLINE void int4_decode_group(const uint8_t* q, const float* scale, int64_t g, __m512* w0, __m512* w1) {
+    const __m512i v = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i*)(q + g * GROUP4 / 2)));
+    const __m512 s = _mm512_set1_ps(scale[g]);
+    const __m512 offset = _mm512_set1_ps(-8.0f * scale[g]);
+    *w0 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_and_si512(v, _mm512_set1_epi32(15))), s, offset);
+    *w1 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_srli_epi32(v, 4)), s, offset);
+}
+
+/* out[m] = sum_k x[m * ld + k] * value[k] over one row of 4-bit groups, for mt rows of activations. */
+ALWAYS_INLINE void int4_dots(const float* x, int64_t ld, const int mt, const uint8_t* q, const float* scale,
+                             int64_t K, float* out) {
+    /* Two chains per row (low and high half of a group); one row alternates two pairs, so that it does not wait
+       on FMA latency. */
+    __m512 acc[MAX_TILE][2];
+    for (int m = 0; m < mt; m++) acc[m][0] = acc[m][1] = _mm512_setzero_ps();
+    const int64_t full = K / GROUP4;
+    int64_t g = 0;
+    if (mt == 1) {
+        __m512 more0 = _mm512_setzero_ps(), more1 = _mm512_setzero_ps();
+        for (; g + 2 <= full; g += 2) {
+            __m512 w0, w1, w2, w3;
+            int4_decode_group(q, scale, g, &w0, &w1);
+            int4_decode_group(q, scale, g + 1, &w2, &w3);
+            const float* xg = x + g * GROUP4;
+            acc[0][0] = _mm512_fmadd_ps(_mm512_loadu_ps(xg), w0, acc[0][0]);
+            acc[0][1] = _mm512_fmadd_ps(_mm512_loadu_ps(xg + 16), w1, acc[0][1]);
+            more0 = _mm512_fmadd_ps(_mm512_loadu_ps(xg + 32), w2, more0);
+            more1 = _mm512_fmadd_ps(_mm512_loadu_ps(xg + 48), w3, more1);
+        }
+        acc[0][0] = _mm512_add_ps(acc[0][0], more0);
+        acc[0][1] = _mm512_add_ps(acc[0][1], more1);
+    }
+    for (; g < full; g++) {
+        __m512 w0, w1;
+        int4_decode_group(q, scale, g, &w0, &w1);
+        for (int m = 0; m < mt; m++) {
+            const float* xg = x + m * ld + g * GROUP4;
+            acc[m][0] = _mm512_fmadd_ps(_mm512_loadu_ps(xg), w0, acc[m][0]);
+            acc[m][1] = _mm512_fmadd_ps(_mm512_loadu_ps(xg + 16), w1, acc[m][1]);
+        }
+    }
+    for (int m = 0; m < mt; m++) out[m] = _mm512_reduce_add_ps(_mm512_add_ps(acc[m][0], acc[m][1]));
+    if (full * GROUP4 < K)
+        int4_partial_group(x + full * GROUP4, ld, mt, q + full * GROUP4 / 2, scale[full], K - full * GROUP4, out);
+}
+#elif BMOS_AVX2
+ALWAYS_INLINE void int4_dots(const float* x, int64_t ld, const int mt, const uint8_t* q, const float* scale,
+                             int64_t K, float* out) {
+    /* Four chains per row: columns 0-7, 8-15, 16-23 and 24-31 of each group. */
+    __m256 acc[MAX_TILE][4];
+    for (int m = 0; m < mt; m++)
+        for (int c = 0; c < 4; c++) acc[m][c] = _mm256_setzero_ps();
+    const int64_t full = K / GROUP4;
+    const __m256i low = _mm256_set1_epi32(15);
+    for (int64_t g = 0; g < full; g++) {
+        const uint8_t* bytes = q + g * GROUP4 / 2;
+        const __m256 s = _mm256_set1_ps(scale[g]);
+        const __m256 offset = _mm256_set1_ps(-8.0f * scale[g]);
+        const __m256i v0 = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i*)bytes));
+        const __m256i v1 = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i*)(bytes + 8)));
+        __m256 w[4];
+        w[0] = BMOS_MULADD(_mm256_cvtepi32_ps(_mm256_and_si256(v0, low)), s, offset);
+        w[1] = BMOS_MULADD(_mm256_cvtepi32_ps(_mm256_and_si256(v1, low)), s, offset);
+        w[2] = BMOS_MULADD(_mm256_cvtepi32_ps(_mm256_srli_epi32(v0, 4)), s, offset);
+        w[3] = BMOS_MULADD(_mm256_cvtepi32_ps(_mm256_srli_epi32(v1, 4)), s, offset);
+        for (int m = 0; m < mt; m++) {
+            const float* xg = x + m * ld + g * GROUP4;
+            for (int c = 0; c < 4; c++) acc[m][c] = BMOS_MULADD(_mm256_loadu_ps(xg + 8 * c), w[c], acc[m][c]);
+        }
+    }
+    for (int m = 0; m < mt; m++) {
+        const __m256 a = _mm256_add_ps(_mm256_add_ps(acc[m][0], acc[m][1]), _mm256_add_ps(acc[m][2], acc[m][3]));
+        __m128 t = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
+        t = _mm_hadd_ps(t, t);
+        t = _mm_hadd_ps(t, t);
+        out[m] = _mm_cvtss_f32(t);
+    }
+    if (full * GROUP4 < K)
+        int4_partial_group(x + full * GROUP4, ld, mt, q + full * GROUP4 / 2, scale[full], K - full * GROUP4, out);
+}
+#else
+ALWAYS_INLINE void int4_dots(const float* x, int64_t ld, const int mt, const uint8_t* q, const float* scale,
+                             int64_t K, float* out) {
+    for (int m = 0; m < mt; m++) out[m] = 0.0f;
+    const int64_t groups = (K + GROUP4 - 1) / GROUP4;
+    for (int64_t g = 0; g < groups; g++) {
+        const int64_t valid = K - g * GROUP4 < GROUP4 ? K - g * GROUP4 : GROUP4;
+        int4_partial_group(x + g * GROUP4, ld, mt, q + g * GROUP4 / 2, scale[g], valid, out);
+    }
+}
+#endif
+
+static void int4_task(const void* opaque, int64_t task) {
+    const int4_context* c = (const int4_context*)opaque;
+    const int64_t n_end = task_end(task, c->N);
+    for (int64_t n = task * ROWS_PER_TASK; n < n_end; n++) {
+        const uint8_t* q = c->q + n * c->ldq;
+        const float* scale = c->scale + n * c->G;
+        float sums[MAX_TILE];
+        int64_t m = 0;
+        while (m < c->M) {
+            const int mt = row_tile(c->M - m, 8);
+            const float* rows = c->x + m * c->ldx;
+            switch (mt) {
+                case 8: int4_dots(rows, c->ldx, 8, q, scale, c->K, sums); break;
+                case 4: int4_dots(rows, c->ldx, 4, q, scale, c->K, sums); break;
+                case 2: int4_dots(rows, c->ldx, 2, q, scale, c->K, sums); break;
+                default: int4_dots(rows, c->ldx, 1, q, scale, c->K, sums); break;
+            }
+            for (int i = 0; i < mt; i++)
+                c->y[(m + i) * c->ldy + n] = c->bias != NULL ? sums[i] + c->bias[n] : sums[i];
+            m += mt;
+        }
+    }
+}
+
+/*
+ * y (M, N), row stride ldy, float32 = sum_g scale[:, g] * (x_g @ (Q_g - 8)^T) + bias.
+ *   x (M, K) row stride ldx; q uint8 (N, 16 * G) row stride ldq, G = ceil(K / 32); scale (N, G) float32
+ *   contiguous; bias (N) or NULL.
+ */
+void bmos_int4_linear_f32(const float* x, int64_t M, int64_t K, int64_t ldx, const uint8_t* q, int64_t N,
+                          int64_t ldq, const float* scale, const float* bias, float* y, int64_t ldy,
+                          int num_threads) {
+    if (M == 0 || N == 0) return;
+    const int4_context context = {x, M, K, ldx, q, ldq, scale, (K + GROUP4 - 1) / GROUP4, bias, N, y, ldy};
+    const int threads = M * N * K >= PARALLEL_MIN_WORK / 8 ? num_threads : 1;
+    pool_run(int4_task, &context, (N + ROWS_PER_TASK - 1) / ROWS_PER_TASK, threads);
 }

@@ -11,10 +11,17 @@ from pathlib import Path
 
 import torch
 
-from ...packing import PACKED_DTYPE, packed_columns, ternary_groups, ternary_packed_columns
+from ...packing import (
+    PACKED_DTYPE,
+    groups4_count,
+    groups4_packed_columns,
+    packed_columns,
+    ternary_groups,
+    ternary_packed_columns,
+)
 
 #: Must match ABI_VERSION in binarymos_cpu.c; a cached library built from another version is refused.
-ABI_VERSION = 2
+ABI_VERSION = 3
 
 _I64 = ctypes.c_int64
 _PTR = ctypes.c_void_p
@@ -72,6 +79,8 @@ class NativeKernels:
             _PTR, _PTR,  # scale, bias
             _PTR, _I64, ctypes.c_int,  # y, ldy, threads
         ]  # fmt: skip
+        self._lib.bmos_int4_linear_f32.restype = None
+        self._lib.bmos_int4_linear_f32.argtypes = self._lib.bmos_int8_linear_f32.argtypes
         self._lib.bmos_ternary_f32.restype = ctypes.c_int
         self._lib.bmos_ternary_f32.argtypes = [
             _PTR, _I64, _I64, _I64,  # x, M, K, ldx
@@ -184,6 +193,40 @@ class NativeKernels:
         self._lib.bmos_int8_linear_f32(
             x.data_ptr(), rows, k, x.stride(0),
             weight.data_ptr(), n, weight.stride(0),
+            scale.data_ptr(), _pointer(bias),
+            y.data_ptr(), n, torch.get_num_threads(),
+        )  # fmt: skip
+        return y
+
+    def int4_linear(
+        self, x: torch.Tensor, codes: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None
+    ) -> torch.Tensor:
+        """``x @ W^T + bias`` for the 4-bit groups of :func:`optimum_binarymos.packing.quantize_groups4`, in float32.
+
+        Args:
+            x: ``(M, K)`` float32, unit stride along ``K`` (any row stride).
+            codes: ``(N, 16 * ceil(K / 32))`` ``uint8`` (any row stride, unit column stride).
+            scale: ``(N, ceil(K / 32))`` float32 contiguous.
+            bias: ``(N,)`` float32 or None.
+
+        Returns:
+            ``(M, N)`` float32.
+        """
+        rows, k = x.shape
+        if x.dtype != torch.float32 or x.device.type != "cpu" or x.stride(1) != 1:
+            raise ValueError("x must be a 2-D float32 CPU tensor with unit column stride")
+        n, columns = codes.shape[0], groups4_packed_columns(k)
+        if codes.dtype != PACKED_DTYPE or not codes.is_cpu or codes.ndim != 2 or codes.shape[1] != columns:
+            raise ValueError(f"codes must be ({n}, {columns}) uint8 on the CPU, got {codes.dtype} {tuple(codes.shape)}")
+        if codes.stride(1) != 1:
+            raise ValueError("codes must have unit column stride")
+        _check_float32("scale", scale, (n, groups4_count(k)))
+        if bias is not None:
+            _check_float32("bias", bias, (n,))
+        y = torch.empty(rows, n, dtype=torch.float32)
+        self._lib.bmos_int4_linear_f32(
+            x.data_ptr(), rows, k, x.stride(0),
+            codes.data_ptr(), n, codes.stride(0),
             scale.data_ptr(), _pointer(bias),
             y.data_ptr(), n, torch.get_num_threads(),
         )  # fmt: skip

@@ -41,7 +41,10 @@ class TernaryConfig(MethodConfig):
             the model's float dtype; ``8`` stores both as int8 codes with one float scale per row
             (:class:`~optimum_binarymos.nn.int8.Int8Embedding`, :class:`~optimum_binarymos.nn.int8.Int8Linear`),
             4x smaller than float32 where they dominate a small model, and decoding reads 4x fewer bytes for the
-            head. Applied when the model is converted, so distillation trains against the 8-bit values.
+            head; ``4`` stores 4-bit codes with one float scale per 32 columns
+            (:class:`~optimum_binarymos.nn.int4.Int4Embedding`, :class:`~optimum_binarymos.nn.int4.Int4Linear`),
+            half that again. Applied when the model is converted, so distillation trains against the quantized
+            values.
         format_version: version of the packed ternary layout; set when saving, checked when loading.
         checkpoint_form: ``"packed"`` (trits, for inference; the default) or ``"latent"`` (float latent weights
             for resuming training; written inside :func:`optimum_binarymos.latent_saving`). Set by the library.

@@ -1,0 +1,212 @@
+"""4-bit embeddings and output head (``embedding_bits=4``): the group layout, the kernel, conversion, saving, loading.
+
+References are written here: codes by hand for a small matrix, products in float64 from the dequantized values.
+Models are tiny random LLaMAs with a tied and an untied head (helpers shared with the 8-bit tests).
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from conftest import tiny_llama_config
+from test_embeddings8 import _float_llama, _header
+from transformers import AutoModelForCausalLM
+
+import optimum_binarymos
+from optimum_binarymos import BinaryMoSConfig, TernaryConfig, model_footprint
+from optimum_binarymos.kernels import ops
+from optimum_binarymos.kernels.native import native_kernels
+from optimum_binarymos.kernels.rows import NATIVE_MAX_TOKENS
+from optimum_binarymos.methods.embeddings import quantize_embeddings
+from optimum_binarymos.nn.int4 import Int4Embedding, Int4Linear
+from optimum_binarymos.nn.int8 import Int8Embedding
+from optimum_binarymos.packing import dequantize_groups4, quantize_groups4
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+CONFIGS = {
+    "onebit": lambda: BinaryMoSConfig(num_experts=1, embedding_bits=4),
+    "binarymos": lambda: BinaryMoSConfig(num_experts=4, embedding_bits=4),
+    "ternary": lambda: TernaryConfig(group_size=32, embedding_bits=4),
+}
+
+
+def test_quantize_groups4_by_hand():
+    # One row of 40 columns: a full group of 32 and a partial one of 8 (padded with zero codes).
+    weight = torch.zeros(1, 40)
+    weight[0, 0], weight[0, 1], weight[0, 16], weight[0, 31] = 7.0, -3.5, 1.0, -7.0
+    weight[0, 32], weight[0, 39] = 14.0, -2.0
+    codes, scale = quantize_groups4(weight, torch.float32)
+    assert codes.shape == (1, 32) and codes.dtype == torch.uint8
+    assert scale.tolist() == [[1.0, 2.0]]  # max |w| / 7 per group
+    # Values round(w / scale) + 8; byte i of a group: column i in the low nibble, column 16 + i in the high one.
+    low, high = (codes[0] & 15).tolist(), (codes[0] >> 4).tolist()
+    assert low[:2] == [15, 8 - 4] and high[0] == 9 and high[15] == 1  # -3.5 rounds to even (-4)
+    assert low[16] == 15 and low[23] == 7  # second group: 14 / 2 = 7, -2 / 2 = -1
+    assert high[16:] == [8] * 16 and low[24:] == [8] * 8  # padding columns and zeros: code 8
+    assert 0 not in low + high  # code 0 (value -8) is never written
+    values = dequantize_groups4(codes, scale, 40)
+    assert values.shape == (1, 40)
+    assert values[0, [0, 1, 16, 31, 32, 39]].tolist() == [7.0, -4.0, 1.0, -7.0, 14.0, -2.0]
+
+
+def test_quantize_groups4_error_is_half_a_step_against_the_stored_scale():
+    torch.manual_seed(0)
+    weight = torch.randn(64, 100, dtype=torch.bfloat16)
+    codes, scale = quantize_groups4(weight)
+    assert scale.dtype == torch.bfloat16 and scale.shape == (64, 4)
+    step = scale.float().repeat_interleave(32, dim=1)[:, :100]
+    error = (dequantize_groups4(codes, scale, 100, torch.float32) - weight.float()).abs()
+    assert (error <= step / 2 * (1 + 1e-5)).all()
+    assert torch.equal(quantize_groups4(torch.zeros(3, 32))[1], torch.zeros(3, 1))
+
+
+@pytest.mark.parametrize("tokens", [1, 3, 9, NATIVE_MAX_TOKENS, NATIVE_MAX_TOKENS + 8])
+@pytest.mark.parametrize("columns", [64, 77, 20])  # whole groups, a partial last group, one partial group
+@pytest.mark.parametrize("with_bias", [False, True])
+def test_int4_linear_matches_a_float64_product(tokens, columns, with_bias):
+    """Few tokens take the native kernel, more the blockwise dequantize-and-matmul path; both against float64."""
+    torch.manual_seed(tokens * columns)
+    codes, scale = quantize_groups4(torch.randn(300, columns))
+    x = torch.randn(tokens, columns)
+    bias = torch.randn(300) if with_bias else None
+    reference = x.double() @ dequantize_groups4(codes, scale, columns, torch.float64).T
+    if bias is not None:
+        reference += bias.double()
+    y = ops.int4_linear(x, codes, scale, bias)
+    assert y.dtype == torch.float32 and y.shape == (tokens, 300)
+    torch.testing.assert_close(y.double(), reference, rtol=0, atol=2e-5)
+
+
+def test_int4_linear_runs_the_native_kernel_for_few_tokens(monkeypatch):
+    kernels = native_kernels()
+    if kernels is None:
+        pytest.skip("the native CPU kernels did not build on this machine")
+    calls = []
+    original = type(kernels).int4_linear
+    monkeypatch.setattr(type(kernels), "int4_linear", lambda self, *a: calls.append(a[0].shape) or original(self, *a))
+    codes, scale = quantize_groups4(torch.randn(40, 32))
+    ops.int4_linear(torch.randn(1, 32), codes, scale, None)
+    ops.int4_linear(torch.randn(NATIVE_MAX_TOKENS + 1, 32), codes, scale, None)
+    assert calls == [(1, 32)]
+
+
+def test_int4_linear_refuses_mismatched_shapes():
+    codes, scale = quantize_groups4(torch.randn(10, 64))
+    with pytest.raises(ValueError, match="do not fit"):
+        ops.int4_linear(torch.randn(1, 96), codes, scale, None)
+
+
+def test_int4_head_passes_gradients_to_its_input():
+    torch.manual_seed(2)
+    head = Int4Linear.from_float(torch.nn.Linear(40, 24, bias=False))
+    x = torch.randn(3, 40, requires_grad=True)
+    head(x).sum().backward()
+    expected = dequantize_groups4(head.weight, head.weight_scale, 40).sum(0).expand(3, -1)
+    torch.testing.assert_close(x.grad, expected, rtol=1e-6, atol=1e-6)
+    assert not head.weight.requires_grad and not head.weight_scale.requires_grad
+    with torch.no_grad():  # the kernel path computes the same product
+        torch.testing.assert_close(head(x), x @ dequantize_groups4(head.weight, head.weight_scale, 40).T)
+
+
+def test_int4_embedding_looks_up_dequantized_rows():
+    torch.manual_seed(3)
+    float_embedding = torch.nn.Embedding(20, 40)
+    embedding = Int4Embedding.from_float(float_embedding)
+    ids = torch.tensor([[0, 5, 19], [5, 5, 2]])
+    expected = dequantize_groups4(embedding.weight, embedding.weight_scale, 40)[ids]
+    assert torch.equal(embedding(ids), expected)
+    step = embedding.weight_scale.repeat_interleave(32, dim=1)[:, :40][ids]
+    assert ((embedding(ids) - float_embedding(ids)).abs() <= step / 2 * (1 + 1e-5)).all()
+    assert "4-bit rows" in repr(embedding)
+
+
+@pytest.mark.parametrize("tied", [True, False], ids=["tied", "untied"])
+@pytest.mark.parametrize("method", list(CONFIGS))
+def test_converted_model_saves_int4_groups_and_reloads_bit_exact(tmp_path, method, tied):
+    _float_llama(tmp_path, tied)
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "float", quantization_config=CONFIGS[method]()).eval()
+    embedding, head = model.get_input_embeddings(), model.get_output_embeddings()
+    assert isinstance(embedding, Int4Embedding) and isinstance(head, Int4Linear)
+    assert (head.weight is embedding.weight) is tied
+    ids = torch.randint(0, 96, (2, 9))
+    with torch.no_grad():
+        in_memory = model(ids).logits
+    model.save_pretrained(tmp_path / "packed")
+
+    tensors, metadata = _header(tmp_path / "packed" / "model.safetensors")
+    key = "binarymos_format_version" if method != "ternary" else "ternary_format_version"
+    assert metadata[key] == "3"
+    assert tensors["model.embed_tokens.weight"] == ("U8", [96, 32])  # hidden 64: two groups of 16 bytes
+    assert tensors["model.embed_tokens.weight_scale"][1] == [96, 2]
+    assert ("lm_head.weight" in tensors) is not tied
+    assert tensors["lm_head.weight_scale"][1] == [96, 2]
+    saved = json.loads((tmp_path / "packed" / "config.json").read_text())["quantization_config"]
+    assert saved["embedding_bits"] == 4 and saved["format_version"] == 3
+
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "packed").eval()
+    assert isinstance(reloaded.get_input_embeddings(), Int4Embedding)
+    assert isinstance(reloaded.get_output_embeddings(), Int4Linear)
+    assert (reloaded.get_output_embeddings().weight is reloaded.get_input_embeddings().weight) is tied
+    assert not any(param.requires_grad for param in reloaded.parameters())
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(ids).logits, in_memory, rtol=0, atol=1e-6)
+
+
+def test_int4_config_over_an_int8_checkpoint_is_refused(tmp_path):
+    """A config that says 4-bit over a file with 8-bit rows: the mis-shaped tensors are named."""
+    _float_llama(tmp_path, tied=False)
+    model = AutoModelForCausalLM.from_pretrained(
+        tmp_path / "float", quantization_config=BinaryMoSConfig(embedding_bits=8)
+    )
+    model.save_pretrained(tmp_path / "packed")
+    config_path = tmp_path / "packed" / "config.json"
+    config = json.loads(config_path.read_text())
+    config["quantization_config"].update(embedding_bits=4, format_version=3)
+    config_path.write_text(json.dumps(config))
+    with pytest.raises(ValueError, match=r"model\.embed_tokens\.weight"):
+        AutoModelForCausalLM.from_pretrained(tmp_path / "packed")
+
+
+def test_convert_model_and_dequantize_round_trip(tmp_path):
+    model = _float_llama(tmp_path, tied=True)
+    optimum_binarymos.convert_model(model, BinaryMoSConfig(num_experts=1, embedding_bits=4))
+    assert isinstance(model.get_input_embeddings(), Int4Embedding)
+    ids = torch.randint(0, 96, (1, 7))
+    with torch.no_grad():
+        quantized = model(ids).logits
+    model.dequantize()
+    embedding, head = model.get_input_embeddings(), model.get_output_embeddings()
+    assert type(embedding) is torch.nn.Embedding and type(head) is torch.nn.Linear
+    assert head.weight is embedding.weight
+    with torch.no_grad():
+        torch.testing.assert_close(model(ids).logits, quantized, rtol=1e-5, atol=1e-5)
+
+
+def test_embeddings_of_another_layout_are_refused_before_anything_changes(tmp_path):
+    model = _float_llama(tmp_path, tied=False)
+    quantize_embeddings(model, 8)
+    head = model.get_output_embeddings()
+    with pytest.raises(TypeError, match="already quantized with 8 bits"):
+        quantize_embeddings(model, 4)
+    assert isinstance(model.get_input_embeddings(), Int8Embedding) and model.get_output_embeddings() is head
+
+
+def test_footprint_counts_int4_groups_as_saved(tmp_path):
+    _float_llama(tmp_path, tied=True)
+    model = AutoModelForCausalLM.from_pretrained(
+        tmp_path / "float", quantization_config=BinaryMoSConfig(embedding_bits=4), dtype=torch.bfloat16
+    )
+    model.save_pretrained(tmp_path / "packed")
+    tensors, _ = _header(tmp_path / "packed" / "model.safetensors")
+    sizes = {"I8": 1, "U8": 1, "BF16": 2, "F16": 2, "F32": 4}
+    stored = sum(sizes[dtype] * torch.Size(shape).numel() for dtype, shape in tensors.values())
+    footprint = model_footprint(model)
+    assert footprint.packed_bytes == stored
+    assert footprint.embedding_bits == 4
+    float_model = AutoModelForCausalLM.from_config(tiny_llama_config(tie_word_embeddings=True))
+    assert footprint.float16_bytes == model_footprint(float_model).float16_bytes
+    # The same figure from the float model and the config, before converting anything.
+    assert model_footprint(float_model, BinaryMoSConfig(embedding_bits=4)).packed_bytes == stored
