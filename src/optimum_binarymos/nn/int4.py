@@ -1,7 +1,7 @@
 """4-bit token embeddings and output head (``embedding_bits=4``): codes with one float scale per 32 columns.
 
 Half the bytes of the 8-bit rows (4.5 bits per value with bfloat16 scales): on SmolLM2-135M the tied 49152 x 576
-table shrinks from 27 MiB to 15 MiB, which is what takes a packed 1-bit checkpoint past 7x smaller than float16.
+table shrinks from 27 MiB to 17 MiB, which is what takes a packed 1-bit checkpoint past 7x smaller than float16.
 Both layers store ``weight`` ``uint8 (rows, 16 * ceil(hidden / 32))`` and ``weight_scale`` ``(rows, ceil(hidden /
 32))`` (layout: :func:`optimum_binarymos.packing.quantize_groups4`); what they share with the 8-bit layers is in
 :mod:`.rows`.
