@@ -1,16 +1,21 @@
-"""What ``embedding_bits=8`` costs in quality and buys in size on SmolLM2-135M, in one run.
+"""What ``embedding_bits=8`` and ``embedding_bits=4`` cost in quality and buy in size and speed on SmolLM2-135M, in
+one run.
 
-Size: whole-model bytes in float16 and as packed checkpoints (OneBit, BinaryMoS E=4, ternary) with float and with
-8-bit embeddings and ``lm_head``, from the model's shapes (:func:`optimum_binarymos.estimate_footprint`, which
-counts exactly what ``save_pretrained`` writes with bfloat16 float parts; ``tests/test_embeddings8.py`` checks it
-against a written file).
+Size: whole-model bytes in float16 and as packed checkpoints (OneBit, BinaryMoS E=4, ternary) with float, 8-bit
+and 4-bit embeddings and ``lm_head``, from the model's shapes (:func:`optimum_binarymos.estimate_footprint`, which
+counts exactly what ``save_pretrained`` writes with bfloat16 float parts; ``tests/test_embeddings8.py`` and
+``tests/test_embeddings4.py`` check it against a written file).
 
-Quality: the 8-bit rows on their own, on the real float model. SmolLM2-135M in float32 is evaluated as it is and
-with only its input embeddings and (tied) ``lm_head`` replaced by their 8-bit layers
-(:func:`optimum_binarymos.methods.embeddings.quantize_embeddings`, what ``embedding_bits=8`` does at conversion),
+Quality: the quantized tables on their own, on the real float model. SmolLM2-135M in float32 is evaluated as it is
+and with only its input embeddings and (tied) ``lm_head`` replaced by their 8-bit or 4-bit layers
+(:func:`optimum_binarymos.methods.embeddings.quantize_embeddings`, what ``embedding_bits`` does at conversion),
 on the demo's evaluation text (State of the Union addresses from 2000 on, ``--eval-windows`` windows of
 ``--seq-len`` tokens, the GPTQ protocol). The 1-bit layers are left out of this measurement on purpose: an
 undistilled 1-bit model has a perplexity near 1e6, where a change from the embeddings cannot be read.
+
+Speed: the head's product for one float32 token (what every decoded token pays), ``lm_head`` as a float32
+``F.linear`` against ``optimum_binarymos::int8_linear`` and ``::int4_linear`` on the same weights, at 1 and 2 torch
+threads, in alternating rounds (median of ``--rounds`` rounds of ``--repeats`` calls each).
 
 Run from the repository root::
 
@@ -21,6 +26,7 @@ Run from the repository root::
 from __future__ import annotations
 
 import argparse
+import copy
 import datetime
 import json
 import os
@@ -29,6 +35,7 @@ import time
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 import transformers
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
@@ -38,7 +45,9 @@ from optimum_binarymos.eval.windows import tokenize_text
 from optimum_binarymos.experiment import evaluate_perplexity
 from optimum_binarymos.footprint import format_bytes
 from optimum_binarymos.hardware import cpu_info
+from optimum_binarymos.kernels import ops
 from optimum_binarymos.methods.embeddings import quantize_embeddings
+from optimum_binarymos.packing import quantize_groups4, quantize_rows
 
 REPOSITORY = Path(__file__).resolve().parents[1]
 
@@ -48,12 +57,45 @@ METHODS = {
     "ternary (2bit codes, group 128)": lambda bits: TernaryConfig(embedding_bits=bits),
 }
 
+#: ``embedding_bits`` values compared, and how the tables read.
+BITS = {None: "bfloat16", 8: "8-bit rows", 4: "4-bit groups of 32"}
+
+
+def time_heads(weight: torch.Tensor, threads: int, rounds: int, repeats: int) -> dict[str, float]:
+    """Median microseconds per one-token head product for each layout, rounds alternating between them."""
+    codes8, scale8 = quantize_rows(weight)
+    codes4, scale4 = quantize_groups4(weight)
+    x = torch.randn(1, weight.shape[1])
+    products = {
+        "float32 F.linear": lambda: F.linear(x, weight),
+        "int8 rows": lambda: ops.int8_linear(x, codes8, scale8, None),
+        "int4 groups": lambda: ops.int4_linear(x, codes4, scale4, None),
+    }
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    samples: dict[str, list[float]] = {name: [] for name in products}
+    try:
+        with torch.no_grad():
+            for product in products.values():
+                product()  # warm-up (compiles the native kernels once)
+            for _ in range(rounds):
+                for name, product in products.items():
+                    start = time.perf_counter()
+                    for _ in range(repeats):
+                        product()
+                    samples[name].append((time.perf_counter() - start) / repeats * 1e6)
+    finally:
+        torch.set_num_threads(previous)
+    return {name: sorted(times)[len(times) // 2] for name, times in samples.items()}
+
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model-dir", type=Path, default=None, help="float HF folder (default: the demo's SmolLM2)")
     parser.add_argument("--seq-len", type=int, default=256)
     parser.add_argument("--eval-windows", type=int, default=16)
+    parser.add_argument("--rounds", type=int, default=15, help="alternating timing rounds of the head products")
+    parser.add_argument("--repeats", type=int, default=50, help="calls per layout per round")
     parser.add_argument("--output", type=Path, default=None)
     parser.add_argument("--tiny", action="store_true", help="random 2-layer SmolLM2 shapes and random ids (smoke run)")
     return parser.parse_args(argv)
@@ -75,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     sizes = []
     float16 = None
     for name, make in METHODS.items():
-        for bits in (None, 8):
+        for bits in BITS:
             footprint = estimate_footprint(config, make(bits))
             float16 = footprint.float16_bytes
             sizes.append((name, bits, footprint.packed_bytes, footprint.ratio))
@@ -89,14 +131,23 @@ def main(argv: list[str] | None = None) -> int:
 
         eval_ids = tokenize_text(AutoTokenizer.from_pretrained(folder), sotu_eval_text())
         model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+    head_weight = model.get_output_embeddings().weight.detach().float().contiguous()
+    timings = {threads: time_heads(head_weight, threads, args.rounds, args.repeats) for threads in (1, 2)}
+
     start = time.perf_counter()
-    float_ppl = evaluate_perplexity(model, eval_ids, seq_len=args.seq_len, max_windows=args.eval_windows)
-    quantize_embeddings(model)
-    int8_ppl = evaluate_perplexity(model, eval_ids, seq_len=args.seq_len, max_windows=args.eval_windows)
+    perplexities = {None: evaluate_perplexity(model, eval_ids, seq_len=args.seq_len, max_windows=args.eval_windows)}
+    for bits in (8, 4):
+        quantized = copy.deepcopy(model)
+        quantize_embeddings(quantized, bits=bits)
+        perplexities[bits] = evaluate_perplexity(
+            quantized, eval_ids, seq_len=args.seq_len, max_windows=args.eval_windows
+        )
+        del quantized
     seconds = time.perf_counter() - start
+    float_ppl = perplexities[None]
 
     lines = [
-        "# 8-bit embeddings and `lm_head` on SmolLM2-135M-Instruct (`benchmarks/embedding_bits.py`)",
+        "# 8-bit and 4-bit embeddings and `lm_head` on SmolLM2-135M-Instruct (`benchmarks/embedding_bits.py`)",
         "",
         f"- Model: `{folder.name}` (the demo's folder); vocabulary {config.vocab_size} x hidden {config.hidden_size}, "
         f"tied head: {config.tie_word_embeddings}.",
@@ -113,26 +164,50 @@ def main(argv: list[str] | None = None) -> int:
         "| packed model | embeddings and `lm_head` | bytes | smaller than float16 |",
         "|---|---|---|---|",
         *(
-            f"| {name} | {'8-bit rows' if bits else 'bfloat16'} | {format_bytes(size)} | {ratio:.2f}x |"
+            f"| {name} | {BITS[bits]} | {format_bytes(size)} | {ratio:.2f}x |"
             for name, bits, size, ratio in sizes
         ),
         "",
-        "## Perplexity change from the 8-bit rows alone (float32 model, everything else float)",
+        "## Perplexity change from the quantized tables alone (float32 model, everything else float)",
         "",
         f"Evaluation: the demo's text (State of the Union addresses from 2000 on), {args.eval_windows} windows of "
-        f"{args.seq_len} tokens; both rows in {seconds:.0f} s.",
+        f"{args.seq_len} tokens; the three rows in {seconds:.0f} s.",
         "",
         "| model | perplexity | change |",
         "|---|---|---|",
         f"| SmolLM2-135M float32 | {float_ppl:.3f} | |",
-        f"| same, embeddings and tied `lm_head` as 8-bit rows | {int8_ppl:.3f} | {100 * (int8_ppl / float_ppl - 1):+.2f} % |",
+        *(
+            f"| same, embeddings and tied `lm_head` as {BITS[bits]} | {perplexities[bits]:.3f} | "
+            f"{100 * (perplexities[bits] / float_ppl - 1):+.2f} % |"
+            for bits in (8, 4)
+        ),
+        "",
+        f"## One-token `lm_head` product ({head_weight.shape[0]} x {head_weight.shape[1]}, float32 activations)",
+        "",
+        f"Median of {args.rounds} alternating rounds of {args.repeats} calls per layout, microseconds per call.",
+        "",
+        "| torch threads | " + " | ".join(timings[1]) + " | int8 / float32 | int4 / float32 | int4 / int8 |",
+        "|---|" + "---|" * (len(timings[1]) + 3),
+        *(
+            f"| {threads} | "
+            + " | ".join(f"{us:.0f}" for us in row.values())
+            + f" | {row['float32 F.linear'] / row['int8 rows']:.2f}x faster"
+            f" | {row['float32 F.linear'] / row['int4 groups']:.2f}x faster"
+            f" | {row['int4 groups'] / row['int8 rows']:.2f} of the time |"
+            for threads, row in timings.items()
+        ),
         "",
     ]
     report = "\n".join(lines)
     print(report)
     if args.output is not None:
         args.output.write_text(report)
-        record = {"float16_bytes": float16, "sizes": sizes, "float_ppl": float_ppl, "int8_ppl": int8_ppl}
+        record = {
+            "float16_bytes": float16,
+            "sizes": sizes,
+            "perplexity": {str(bits): ppl for bits, ppl in perplexities.items()},
+            "head_microseconds": timings,
+        }
         args.output.with_suffix(".json").write_text(json.dumps(record, indent=1) + "\n")
     return 0
 

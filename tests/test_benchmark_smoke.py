@@ -49,10 +49,16 @@ def test_peer_benchmark_smoke_run_writes_its_table_and_plot(tmp_path):
 
 def test_embedding_bits_smoke_run_reports_sizes_and_perplexities(tmp_path):
     output = tmp_path / "embedding_bits.md"
-    run_script("embedding_bits.py", "--tiny", "--seq-len", "16", "--eval-windows", "1", "--output", str(output))
+    run_script(
+        "embedding_bits.py", "--tiny", "--seq-len", "16", "--eval-windows", "1", "--rounds", "2", "--repeats", "2",
+        "--output", str(output),
+    )  # fmt: skip
     report = output.read_text()
-    assert "| BinaryMoS E=4 | 8-bit rows |" in report
+    assert "| BinaryMoS E=4 | 8-bit rows |" in report and "| BinaryMoS E=4 | 4-bit groups of 32 |" in report
     assert "same, embeddings and tied `lm_head` as 8-bit rows" in report
+    assert "same, embeddings and tied `lm_head` as 4-bit groups of 32" in report
+    head_rows = [line for line in report.splitlines() if line.startswith(("| 1 |", "| 2 |"))]
+    assert len(head_rows) == 2 and all("x faster" in line for line in head_rows)
 
 
 def test_load_memory_smoke_run_reports_both_checkpoints(tmp_path):
