@@ -47,7 +47,7 @@ from optimum_binarymos.footprint import format_bytes
 from optimum_binarymos.hardware import cpu_info
 from optimum_binarymos.kernels import ops
 from optimum_binarymos.methods.embeddings import quantize_embeddings
-from optimum_binarymos.packing import quantize_groups4, quantize_rows
+from optimum_binarymos.packing import GROUP4_SIZE, groups4_count, quantize_groups4, quantize_rows
 
 REPOSITORY = Path(__file__).resolve().parents[1]
 
@@ -57,8 +57,26 @@ METHODS = {
     "ternary (2bit codes, group 128)": lambda bits: TernaryConfig(embedding_bits=bits),
 }
 
+#: Characters at the end of the training text used as the validation split.
+VALIDATION_CHARS = 400_000
+
 #: ``embedding_bits`` values compared, and how the tables read.
 BITS = {None: "bfloat16", 8: "8-bit rows", 4: "4-bit groups of 32"}
+
+
+def max_over_7_groups4(weight: torch.Tensor) -> torch.Tensor:
+    """``weight`` through 4-bit groups of 32 with the plain scale ``max |W| / 7`` (values -7..7): the baseline of
+    the scale search."""
+    rows, columns = weight.shape
+    wide = F.pad(weight.float(), (0, groups4_count(columns) * GROUP4_SIZE - columns)).view(rows, -1, GROUP4_SIZE)
+    scale = (wide.abs().amax(2, keepdim=True) / 7).to(weight.dtype).float()
+    values = torch.where(scale > 0, wide / scale.clamp_min(torch.finfo(torch.float32).tiny), 0.0).round().clamp(-7, 7)
+    return (values * scale).view(rows, -1)[:, :columns].to(weight.dtype)
+
+
+def relative_change(value: float, baseline: float) -> str:
+    """``value`` against ``baseline`` as a signed percentage."""
+    return f"{100 * (value / baseline - 1):+.2f} %"
 
 
 def time_heads(weight: torch.Tensor, threads: int, rounds: int, repeats: int) -> dict[str, float]:
@@ -125,11 +143,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.tiny:
         torch.manual_seed(0)
         eval_ids = torch.randint(0, config.vocab_size, (args.seq_len * args.eval_windows,))
+        validation_ids = torch.randint(0, config.vocab_size, (args.seq_len * args.eval_windows,))
         model = AutoModelForCausalLM.from_config(config).to(torch.float32).eval()
     else:
-        from demo_assets.sotu import sotu_eval_text
+        from demo_assets.sotu import sotu_split
 
-        eval_ids = tokenize_text(AutoTokenizer.from_pretrained(folder), sotu_eval_text())
+        train_text, eval_text = sotu_split()
+        tokenizer = AutoTokenizer.from_pretrained(folder)
+        eval_ids = tokenize_text(tokenizer, eval_text)
+        validation_ids = tokenize_text(tokenizer, train_text[-VALIDATION_CHARS:])
         model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
     head_weight = model.get_output_embeddings().weight.detach().float().contiguous()
     timings = {threads: time_heads(head_weight, threads, args.rounds, args.repeats) for threads in (1, 2)}
@@ -145,6 +167,23 @@ def main(argv: list[str] | None = None) -> int:
         del quantized
     seconds = time.perf_counter() - start
     float_ppl = perplexities[None]
+
+    def perplexity(candidate: torch.nn.Module, ids: torch.Tensor) -> float:
+        return evaluate_perplexity(candidate, ids, seq_len=args.seq_len, max_windows=args.eval_windows)
+
+    # The 4-bit scale choice, decided on text cut from the training side (never on the evaluation text).
+    plain = copy.deepcopy(model)
+    with torch.no_grad():
+        for module in {plain.get_input_embeddings(), plain.get_output_embeddings()}:
+            module.weight.copy_(max_over_7_groups4(module.weight))
+    searched = copy.deepcopy(model)
+    quantize_embeddings(searched, bits=4)
+    validation = {
+        "float32": perplexity(model, validation_ids),
+        "4-bit, scale max abs(W) / 7 per group": perplexity(plain, validation_ids),
+        "4-bit, scale searched and refitted (what `embedding_bits=4` writes)": perplexity(searched, validation_ids),
+    }
+    del plain, searched
 
     lines = [
         "# 8-bit and 4-bit embeddings and `lm_head` on SmolLM2-135M-Instruct (`benchmarks/embedding_bits.py`)",
@@ -182,6 +221,16 @@ def main(argv: list[str] | None = None) -> int:
             for bits in (8, 4)
         ),
         "",
+        "## Choosing the 4-bit scale (validation split: the last "
+        f"{VALIDATION_CHARS // 1000} kB of the training text, {args.eval_windows} windows of {args.seq_len} tokens)",
+        "",
+        "| tables | validation perplexity | change |",
+        "|---|---|---|",
+        *(
+            f"| {name} | {ppl:.3f} | {relative_change(ppl, validation['float32']) if name != 'float32' else ''} |"
+            for name, ppl in validation.items()
+        ),
+        "",
         f"## One-token `lm_head` product ({head_weight.shape[0]} x {head_weight.shape[1]}, float32 activations)",
         "",
         f"Median of {args.rounds} alternating rounds of {args.repeats} calls per layout, microseconds per call.",
@@ -206,6 +255,7 @@ def main(argv: list[str] | None = None) -> int:
             "float16_bytes": float16,
             "sizes": sizes,
             "perplexity": {str(bits): ppl for bits, ppl in perplexities.items()},
+            "validation_perplexity": validation,
             "head_microseconds": timings,
         }
         args.output.with_suffix(".json").write_text(json.dumps(record, indent=1) + "\n")

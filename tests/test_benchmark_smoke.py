@@ -57,6 +57,7 @@ def test_embedding_bits_smoke_run_reports_sizes_and_perplexities(tmp_path):
     assert "| BinaryMoS E=4 | 8-bit rows |" in report and "| BinaryMoS E=4 | 4-bit groups of 32 |" in report
     assert "same, embeddings and tied `lm_head` as 8-bit rows" in report
     assert "same, embeddings and tied `lm_head` as 4-bit groups of 32" in report
+    assert "| 4-bit, scale max abs(W) / 7 per group |" in report and "## Choosing the 4-bit scale" in report
     head_rows = [line for line in report.splitlines() if line.startswith(("| 1 |", "| 2 |"))]
     assert len(head_rows) == 2 and all("x faster" in line for line in head_rows)
 
