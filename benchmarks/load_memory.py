@@ -1,9 +1,9 @@
-"""Peak memory of loading a packed checkpoint, with float and with 8-bit embeddings, over the import baseline.
+"""Peak memory of loading a packed checkpoint, with float, 8-bit and 4-bit embeddings, over the import baseline.
 
 Builds a random LLaMA with the shapes of a linear-heavy 1.1B-parameter model (24 layers, hidden 2048,
 intermediate 5632, 32 heads with 4 key/value heads, vocabulary 32000, untied head), converts it with
-BinaryMoS (4 experts, bfloat16), packs it and saves it twice: as it is, and with ``embedding_bits=8`` (the same
-model with its embeddings and head replaced by 8-bit rows). Each checkpoint is then loaded with
+BinaryMoS (4 experts, bfloat16), packs it and saves it three times: as it is, with ``embedding_bits=8`` and with
+``embedding_bits=4`` (the same model with its embeddings and head replaced by 8-bit rows or 4-bit groups). Each checkpoint is then loaded with
 ``AutoModelForCausalLM.from_pretrained`` in a fresh process, which reports its peak resident memory
 (the high-water mark ``VmHWM``, reset after ``import optimum_binarymos``, minus the resident size then) over
 loading and reading every page of every tensor once
@@ -21,6 +21,7 @@ Run from the repository root::
 from __future__ import annotations
 
 import argparse
+import copy
 import datetime
 import json
 import subprocess
@@ -98,15 +99,22 @@ def main(argv: list[str] | None = None) -> int:
     pack_model(model)
     rows = []
     with tempfile.TemporaryDirectory(prefix="load-memory-") as scratch:
-        float_dir, int8_dir = Path(scratch) / "float-embeddings", Path(scratch) / "int8-embeddings"
-        model.save_pretrained(float_dir)
-        quantize_embeddings(model)
-        model.config.quantization_config.embedding_bits = 8
-        model.config.quantization_config.post_init()  # format version 2
-        model.save_pretrained(int8_dir)
+        folders = {
+            "float (bfloat16) embeddings": Path(scratch) / "float-embeddings",
+            "8-bit embeddings": Path(scratch) / "int8-embeddings",
+            "4-bit embeddings": Path(scratch) / "int4-embeddings",
+        }
+        model.save_pretrained(folders["float (bfloat16) embeddings"])
+        for bits, label in ((8, "8-bit embeddings"), (4, "4-bit embeddings")):
+            quantized = copy.deepcopy(model)
+            quantize_embeddings(quantized, bits=bits)
+            quantized.config.quantization_config.embedding_bits = bits
+            quantized.config.quantization_config.post_init()  # format version 2 or 3
+            quantized.save_pretrained(folders[label])
+            del quantized
         del model
         prepared = time.perf_counter() - start
-        for label, folder in (("float (bfloat16) embeddings", float_dir), ("8-bit embeddings", int8_dir)):
+        for label, folder in folders.items():
             peak = load_peak(folder)
             size = folder_bytes(folder)
             delta = (peak["after_kib"] - peak["before_kib"]) * 1024
@@ -119,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
         f"- Machine: `lscpu` {cpu_info()}. Python {sys.version.split()[0]}, torch {torch.__version__}, "
         f"transformers {transformers.__version__}, optimum-binarymos {optimum_binarymos.__version__}.",
         f"- Date: {datetime.date.today().isoformat()}. Command: `python benchmarks/load_memory.py "
-        f"{' '.join(sys.argv[1:] if argv is None else argv)}`. Building and saving both took {prepared:.0f} s.",
+        f"{' '.join(sys.argv[1:] if argv is None else argv)}`. Building and saving all took {prepared:.0f} s.",
         "- Peak: in a fresh process, the resident high-water mark (`VmHWM`, reset after `import optimum_binarymos`) "
         "over `from_pretrained` and one read of every page of every tensor, minus the resident size after the import.",
         "",

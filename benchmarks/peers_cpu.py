@@ -4,7 +4,7 @@ The model is SmolLM2-135M-Instruct, the demo's: llama.cpp runs the Q4_1 GGUF fil
 CPU user would download and run), transformers runs the folder dequantized from it, in float32 and in bfloat16,
 and the packed models are that folder converted on load (``from_pretrained(..., quantization_config=...)``) and
 packed in memory: OneBit (1 expert), BinaryMoS (4 experts), BinaryMoS with 8-bit embeddings and ``lm_head``
-(``embedding_bits=8``) and ternary, their float parts in float32. Rows marked "compiled" decode through
+(``embedding_bits=8``, and ``4`` compiled) and ternary, their float parts in float32. Rows marked "compiled" decode through
 ``torch.compile(model.forward, dynamic=False)`` with a ``StaticCache`` (the recipe transformers documents for
 static-cache generation; the packed kernels are torch operators, so the graph holds them); their compilation runs
 in an untimed warm-up, reported apart. The packed models are not distilled: speed does
@@ -76,6 +76,9 @@ TORCH_MODELS = {
     ),
     "packed BinaryMoS E=4, 8-bit embeddings, compiled": (
         torch.float32, lambda: BinaryMoSConfig(num_experts=4, embedding_bits=8), True,
+    ),
+    "packed BinaryMoS E=4, 4-bit embeddings, compiled": (
+        torch.float32, lambda: BinaryMoSConfig(num_experts=4, embedding_bits=4), True,
     ),
     "packed ternary": (torch.float32, lambda: TernaryConfig(), False),
 }  # fmt: skip

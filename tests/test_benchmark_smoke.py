@@ -69,7 +69,7 @@ def test_load_memory_smoke_run_reports_both_checkpoints(tmp_path):
         "--vocab-size", "500", "--output", str(output),
     )  # fmt: skip
     report = output.read_text()
-    assert "| float (bfloat16) embeddings |" in report and "| 8-bit embeddings |" in report
+    assert "| float (bfloat16) embeddings |" in report and "| 8-bit embeddings |" in report and "| 4-bit embeddings |" in report
 
 
 def test_kernel_benchmark_bandwidth_smoke_run_reports_the_limit(tmp_path):
