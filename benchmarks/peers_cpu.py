@@ -40,6 +40,7 @@ import argparse
 import datetime
 import json
 import os
+import shlex
 import statistics
 import subprocess
 import sys
@@ -329,7 +330,7 @@ def run(args: argparse.Namespace) -> dict:
         "peer": peer,
         "machine": machine(),
         "date": datetime.date.today().isoformat(),
-        "command": "python benchmarks/peers_cpu.py " + " ".join(sys.argv[1:]),
+        "command": shlex.join(["python", "benchmarks/peers_cpu.py", *sys.argv[1:]]),
         "versions": versions(peer, args.peer_python),
         "settings": {
             "rounds": args.rounds, "prompt_tokens": args.prompt_tokens, "new_tokens": args.new_tokens,
