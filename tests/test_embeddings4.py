@@ -14,8 +14,7 @@ from conftest import tiny_llama_config
 from test_embeddings8 import _float_llama, _header
 from transformers import AutoModelForCausalLM
 
-import optimum_binarymos
-from optimum_binarymos import BinaryMoSConfig, TernaryConfig, model_footprint
+from optimum_binarymos import BinaryMoSConfig, model_footprint
 from optimum_binarymos.kernels import ops
 from optimum_binarymos.kernels.native import native_kernels
 from optimum_binarymos.kernels.rows import NATIVE_MAX_TOKENS
@@ -25,13 +24,6 @@ from optimum_binarymos.nn.int8 import Int8Embedding
 from optimum_binarymos.packing import dequantize_groups4, quantize_groups4
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-CONFIGS = {
-    "onebit": lambda: BinaryMoSConfig(num_experts=1, embedding_bits=4),
-    "binarymos": lambda: BinaryMoSConfig(num_experts=4, embedding_bits=4),
-    "ternary": lambda: TernaryConfig(group_size=32, embedding_bits=4),
-}
-
 
 def test_quantize_groups4_by_hand():
     # One row of 40 columns: a full group of 32 and a partial one of 8 (padded with zero codes). Both groups lie
@@ -132,38 +124,6 @@ def test_int4_embedding_looks_up_dequantized_rows():
     assert "4-bit rows" in repr(embedding)
 
 
-@pytest.mark.parametrize("tied", [True, False], ids=["tied", "untied"])
-@pytest.mark.parametrize("method", list(CONFIGS))
-def test_converted_model_saves_int4_groups_and_reloads_bit_exact(tmp_path, method, tied):
-    _float_llama(tmp_path, tied)
-    model = AutoModelForCausalLM.from_pretrained(tmp_path / "float", quantization_config=CONFIGS[method]()).eval()
-    embedding, head = model.get_input_embeddings(), model.get_output_embeddings()
-    assert isinstance(embedding, Int4Embedding) and isinstance(head, Int4Linear)
-    assert (head.weight is embedding.weight) is tied
-    ids = torch.randint(0, 96, (2, 9))
-    with torch.no_grad():
-        in_memory = model(ids).logits
-    model.save_pretrained(tmp_path / "packed")
-
-    tensors, metadata = _header(tmp_path / "packed" / "model.safetensors")
-    key = "binarymos_format_version" if method != "ternary" else "ternary_format_version"
-    assert metadata[key] == "3"
-    assert tensors["model.embed_tokens.weight"] == ("U8", [96, 32])  # hidden 64: two groups of 16 bytes
-    assert tensors["model.embed_tokens.weight_scale"][1] == [96, 2]
-    assert ("lm_head.weight" in tensors) is not tied
-    assert tensors["lm_head.weight_scale"][1] == [96, 2]
-    saved = json.loads((tmp_path / "packed" / "config.json").read_text())["quantization_config"]
-    assert saved["embedding_bits"] == 4 and saved["format_version"] == 3
-
-    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "packed").eval()
-    assert isinstance(reloaded.get_input_embeddings(), Int4Embedding)
-    assert isinstance(reloaded.get_output_embeddings(), Int4Linear)
-    assert (reloaded.get_output_embeddings().weight is reloaded.get_input_embeddings().weight) is tied
-    assert not any(param.requires_grad for param in reloaded.parameters())
-    with torch.no_grad():
-        torch.testing.assert_close(reloaded(ids).logits, in_memory, rtol=0, atol=1e-6)
-
-
 def test_int4_config_over_an_int8_checkpoint_is_refused(tmp_path):
     """A config that says 4-bit over a file with 8-bit rows: the mis-shaped tensors are named."""
     _float_llama(tmp_path, tied=False)
@@ -177,21 +137,6 @@ def test_int4_config_over_an_int8_checkpoint_is_refused(tmp_path):
     config_path.write_text(json.dumps(config))
     with pytest.raises(ValueError, match=r"model\.embed_tokens\.weight"):
         AutoModelForCausalLM.from_pretrained(tmp_path / "packed")
-
-
-def test_convert_model_and_dequantize_round_trip(tmp_path):
-    model = _float_llama(tmp_path, tied=True)
-    optimum_binarymos.convert_model(model, BinaryMoSConfig(num_experts=1, embedding_bits=4))
-    assert isinstance(model.get_input_embeddings(), Int4Embedding)
-    ids = torch.randint(0, 96, (1, 7))
-    with torch.no_grad():
-        quantized = model(ids).logits
-    model.dequantize()
-    embedding, head = model.get_input_embeddings(), model.get_output_embeddings()
-    assert type(embedding) is torch.nn.Embedding and type(head) is torch.nn.Linear
-    assert head.weight is embedding.weight
-    with torch.no_grad():
-        torch.testing.assert_close(model(ids).logits, quantized, rtol=1e-5, atol=1e-5)
 
 
 def test_embeddings_of_another_layout_are_refused_before_anything_changes(tmp_path):

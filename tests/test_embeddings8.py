@@ -19,15 +19,23 @@ from optimum_binarymos import BinaryMoSConfig, TernaryConfig, model_footprint
 from optimum_binarymos.kernels import ops
 from optimum_binarymos.kernels.native import native_kernels
 from optimum_binarymos.kernels.rows import NATIVE_MAX_TOKENS
+from optimum_binarymos.nn.int4 import Int4Embedding, Int4Linear
 from optimum_binarymos.nn.int8 import Int8Embedding, Int8Linear
 from optimum_binarymos.packing import dequantize_rows, quantize_rows
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 CONFIGS = {
-    "onebit": lambda: BinaryMoSConfig(num_experts=1, embedding_bits=8),
-    "binarymos": lambda: BinaryMoSConfig(num_experts=4, embedding_bits=8),
-    "ternary": lambda: TernaryConfig(group_size=32, embedding_bits=8),
+    "onebit": lambda bits: BinaryMoSConfig(num_experts=1, embedding_bits=bits),
+    "binarymos": lambda bits: BinaryMoSConfig(num_experts=4, embedding_bits=bits),
+    "ternary": lambda bits: TernaryConfig(group_size=32, embedding_bits=bits),
+}
+
+#: embedding_bits -> (embedding class, head class, (dtype, shape) of the saved codes and of a saved scale, version),
+#: for the tiny LLaMA (vocabulary 96, hidden 64: two 4-bit groups of 16 bytes per row).
+LAYOUTS = {
+    8: (Int8Embedding, Int8Linear, ("I8", [96, 64]), [96], "2"),
+    4: (Int4Embedding, Int4Linear, ("U8", [96, 32]), [96, 2], "3"),
 }
 
 
@@ -130,11 +138,14 @@ def _header(path):
 
 @pytest.mark.parametrize("tied", [True, False], ids=["tied", "untied"])
 @pytest.mark.parametrize("method", list(CONFIGS))
-def test_converted_model_saves_int8_rows_and_reloads_bit_exact(tmp_path, method, tied):
+@pytest.mark.parametrize("bits", list(LAYOUTS))
+def test_converted_model_saves_quantized_tables_and_reloads_bit_exact(tmp_path, bits, method, tied):
+    embedding_type, head_type, codes_header, scale_shape, version = LAYOUTS[bits]
     _float_llama(tmp_path, tied)
-    model = AutoModelForCausalLM.from_pretrained(tmp_path / "float", quantization_config=CONFIGS[method]()).eval()
+    config = CONFIGS[method](bits)
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "float", quantization_config=config).eval()
     embedding, head = model.get_input_embeddings(), model.get_output_embeddings()
-    assert isinstance(embedding, Int8Embedding) and isinstance(head, Int8Linear)
+    assert isinstance(embedding, embedding_type) and isinstance(head, head_type)
     assert (head.weight is embedding.weight) is tied
     ids = torch.randint(0, 96, (2, 9))
     with torch.no_grad():
@@ -143,16 +154,17 @@ def test_converted_model_saves_int8_rows_and_reloads_bit_exact(tmp_path, method,
 
     tensors, metadata = _header(tmp_path / "packed" / "model.safetensors")
     key = "binarymos_format_version" if method != "ternary" else "ternary_format_version"
-    assert metadata[key] == "2"
-    assert tensors["model.embed_tokens.weight"] == ("I8", [96, 64])
-    assert tensors["model.embed_tokens.weight_scale"][1] == [96]
+    assert metadata[key] == version
+    assert tensors["model.embed_tokens.weight"] == codes_header
+    assert tensors["model.embed_tokens.weight_scale"][1] == scale_shape
     assert ("lm_head.weight" in tensors) is not tied  # a tied head is the embedding table, as for float models
-    assert tensors["lm_head.weight_scale"][1] == [96]
+    assert tensors["lm_head.weight_scale"][1] == scale_shape
     saved = json.loads((tmp_path / "packed" / "config.json").read_text())["quantization_config"]
-    assert saved["embedding_bits"] == 8 and saved["format_version"] == 2
+    assert saved["embedding_bits"] == bits and saved["format_version"] == int(version)
 
     reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "packed").eval()
-    assert isinstance(reloaded.get_input_embeddings(), Int8Embedding)
+    assert isinstance(reloaded.get_input_embeddings(), embedding_type)
+    assert isinstance(reloaded.get_output_embeddings(), head_type)
     assert (reloaded.get_output_embeddings().weight is reloaded.get_input_embeddings().weight) is tied
     assert not any(param.requires_grad for param in reloaded.parameters())
     with torch.no_grad():
@@ -184,10 +196,11 @@ def test_int8_checkpoint_with_float_embeddings_is_refused(tmp_path):
         AutoModelForCausalLM.from_pretrained(tmp_path / "packed")
 
 
-def test_convert_model_and_dequantize_round_trip(tmp_path):
+@pytest.mark.parametrize("bits", [8, 4])
+def test_convert_model_and_dequantize_round_trip(tmp_path, bits):
     model = _float_llama(tmp_path, tied=True)
-    optimum_binarymos.convert_model(model, BinaryMoSConfig(num_experts=1, embedding_bits=8))
-    assert isinstance(model.get_input_embeddings(), Int8Embedding)
+    optimum_binarymos.convert_model(model, BinaryMoSConfig(num_experts=1, embedding_bits=bits))
+    assert isinstance(model.get_input_embeddings(), {8: Int8Embedding, 4: Int4Embedding}[bits])
     ids = torch.randint(0, 96, (1, 7))
     with torch.no_grad():
         quantized = model(ids).logits

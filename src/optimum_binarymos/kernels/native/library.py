@@ -27,6 +27,22 @@ _I64 = ctypes.c_int64
 _PTR = ctypes.c_void_p
 
 
+def _rows_product(
+    function, x: torch.Tensor, codes: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None
+) -> torch.Tensor:
+    """Run one of the quantized-rows kernels (int8 or int4, same signature) on checked tensors: ``(M, N)`` float32."""
+    rows, k = x.shape
+    n = codes.shape[0]
+    y = torch.empty(rows, n, dtype=torch.float32)
+    function(
+        x.data_ptr(), rows, k, x.stride(0),
+        codes.data_ptr(), n, codes.stride(0),
+        scale.data_ptr(), _pointer(bias),
+        y.data_ptr(), n, torch.get_num_threads(),
+    )  # fmt: skip
+    return y
+
+
 def _pointer(tensor: torch.Tensor | None) -> int | None:
     return None if tensor is None else tensor.data_ptr()
 
@@ -189,14 +205,7 @@ class NativeKernels:
         _check_float32("scale", scale, (n,))
         if bias is not None:
             _check_float32("bias", bias, (n,))
-        y = torch.empty(rows, n, dtype=torch.float32)
-        self._lib.bmos_int8_linear_f32(
-            x.data_ptr(), rows, k, x.stride(0),
-            weight.data_ptr(), n, weight.stride(0),
-            scale.data_ptr(), _pointer(bias),
-            y.data_ptr(), n, torch.get_num_threads(),
-        )  # fmt: skip
-        return y
+        return _rows_product(self._lib.bmos_int8_linear_f32, x, weight, scale, bias)
 
     def int4_linear(
         self, x: torch.Tensor, codes: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None
@@ -223,14 +232,7 @@ class NativeKernels:
         _check_float32("scale", scale, (n, groups4_count(k)))
         if bias is not None:
             _check_float32("bias", bias, (n,))
-        y = torch.empty(rows, n, dtype=torch.float32)
-        self._lib.bmos_int4_linear_f32(
-            x.data_ptr(), rows, k, x.stride(0),
-            codes.data_ptr(), n, codes.stride(0),
-            scale.data_ptr(), _pointer(bias),
-            y.data_ptr(), n, torch.get_num_threads(),
-        )  # fmt: skip
-        return y
+        return _rows_product(self._lib.bmos_int4_linear_f32, x, codes, scale, bias)
 
     def ternary(
         self, x: torch.Tensor, codes: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor, group_size: int
