@@ -10,11 +10,10 @@ import json
 
 import pytest
 import torch
-from conftest import tiny_llama_config
-from test_embeddings8 import _float_llama, _header
+from test_embeddings8 import _float_llama
 from transformers import AutoModelForCausalLM
 
-from optimum_binarymos import BinaryMoSConfig, model_footprint
+from optimum_binarymos import BinaryMoSConfig
 from optimum_binarymos.kernels import ops
 from optimum_binarymos.kernels.native import native_kernels
 from optimum_binarymos.kernels.rows import NATIVE_MAX_TOKENS
@@ -146,21 +145,3 @@ def test_embeddings_of_another_layout_are_refused_before_anything_changes(tmp_pa
     with pytest.raises(TypeError, match="already quantized with 8 bits"):
         quantize_embeddings(model, 4)
     assert isinstance(model.get_input_embeddings(), Int8Embedding) and model.get_output_embeddings() is head
-
-
-def test_footprint_counts_int4_groups_as_saved(tmp_path):
-    _float_llama(tmp_path, tied=True)
-    model = AutoModelForCausalLM.from_pretrained(
-        tmp_path / "float", quantization_config=BinaryMoSConfig(embedding_bits=4), dtype=torch.bfloat16
-    )
-    model.save_pretrained(tmp_path / "packed")
-    tensors, _ = _header(tmp_path / "packed" / "model.safetensors")
-    sizes = {"I8": 1, "U8": 1, "BF16": 2, "F16": 2, "F32": 4}
-    stored = sum(sizes[dtype] * torch.Size(shape).numel() for dtype, shape in tensors.values())
-    footprint = model_footprint(model)
-    assert footprint.packed_bytes == stored
-    assert footprint.embedding_bits == 4
-    float_model = AutoModelForCausalLM.from_config(tiny_llama_config(tie_word_embeddings=True))
-    assert footprint.float16_bytes == model_footprint(float_model).float16_bytes
-    # The same figure from the float model and the config, before converting anything.
-    assert model_footprint(float_model, BinaryMoSConfig(embedding_bits=4)).packed_bytes == stored

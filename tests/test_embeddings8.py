@@ -212,10 +212,11 @@ def test_convert_model_and_dequantize_round_trip(tmp_path, bits):
         torch.testing.assert_close(model(ids).logits, quantized, rtol=1e-5, atol=1e-5)
 
 
-def test_footprint_counts_int8_rows_as_saved(tmp_path):
+@pytest.mark.parametrize("bits", list(LAYOUTS))
+def test_footprint_counts_quantized_tables_as_saved(tmp_path, bits):
     _float_llama(tmp_path, tied=True)
     model = AutoModelForCausalLM.from_pretrained(
-        tmp_path / "float", quantization_config=BinaryMoSConfig(embedding_bits=8), dtype=torch.bfloat16
+        tmp_path / "float", quantization_config=BinaryMoSConfig(embedding_bits=bits), dtype=torch.bfloat16
     )
     model.save_pretrained(tmp_path / "packed")
     tensors, _ = _header(tmp_path / "packed" / "model.safetensors")
@@ -223,11 +224,11 @@ def test_footprint_counts_int8_rows_as_saved(tmp_path):
     stored = sum(sizes[dtype] * torch.Size(shape).numel() for dtype, shape in tensors.values())
     footprint = model_footprint(model)
     assert footprint.packed_bytes == stored
-    assert footprint.embedding_bits == 8
+    assert footprint.embedding_bits == bits
     float_model = AutoModelForCausalLM.from_config(tiny_llama_config(tie_word_embeddings=True))
     assert footprint.float16_bytes == model_footprint(float_model).float16_bytes
     # The same figure from the float model and the config, before converting anything.
-    assert model_footprint(float_model, BinaryMoSConfig(embedding_bits=8)).packed_bytes == stored
+    assert model_footprint(float_model, BinaryMoSConfig(embedding_bits=bits)).packed_bytes == stored
 
 
 def test_embedding_bits_values_are_checked():
