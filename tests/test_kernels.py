@@ -42,7 +42,7 @@ from optimum_binarymos.kernels.native import (
     digest_path,
     native_kernels,
 )
-from optimum_binarymos.packing import quantize_rows
+from optimum_binarymos.packing import dequantize_groups4, quantize_groups4, quantize_rows
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -379,21 +379,32 @@ def test_native_kernel_handles_every_tail_of_a_row(in_features):
         assert_matches(kernels.linear(**case), expected, torch.float32)
 
 
-def test_avx2_loops_match_the_formula_where_avx512_is_the_default(tmp_path):
-    """On an AVX-512 machine the shipped library runs the AVX-512 loops; the AVX2 ones (what AVX2-only CPUs run)
-    are built here and checked too, for the 1-bit and the int8 products."""
-    if native_kernels() is None or native_kernels().simd != "avx512":
-        pytest.skip("the default build is already the AVX2 (or portable) one, tested by the other cases")
+def _check_row_products(kernels: NativeKernels) -> None:
+    """The int8 and int4 head products of one build against float64, with a partial last 4-bit group."""
+    torch.manual_seed(0)
+    x = torch.randn(3, 77)
+    codes, scale = quantize_rows(torch.randn(70, 77))
+    reference = x.double() @ (codes.double() * scale.double()[:, None]).T
+    torch.testing.assert_close(kernels.int8_linear(x, codes, scale, None).double(), reference, rtol=0, atol=2e-5)
+    codes4, scale4 = quantize_groups4(torch.randn(70, 77))
+    reference = x.double() @ dequantize_groups4(codes4, scale4, 77, torch.float64).T
+    torch.testing.assert_close(kernels.int4_linear(x, codes4, scale4, None).double(), reference, rtol=0, atol=2e-5)
+
+
+def test_build_without_avx512_matches_the_formula(tmp_path):
+    """Built with the AVX-512 loops turned off, the library runs the AVX2 ones on any AVX2 CPU (what AVX2-only CPUs
+    run by default; on an AVX-512 machine this is their only test) or the portable loop on an older one; checked
+    for the 1-bit, int8 and int4 products."""
+    default = native_kernels()
+    if default is None:
+        pytest.fail("the native kernels did not build with the system C compiler")
     kernels = NativeKernels(build_library(cache_dir=tmp_path, extra_flags=("-DBINARYMOS_NO_AVX512",)))
-    assert kernels.simd == "avx2"
+    assert kernels.simd == ("avx2" if default.simd in ("avx512", "avx2") else "portable")
     for tokens in (1, 5, 11):
         case, expected = make_case(tokens, experts=4, bias=True, seed=tokens)
         case = {**case, "scale_in": case["scale_in"].contiguous()}
         assert_matches(kernels.linear(**case), expected, torch.float32)
-    codes, scale = quantize_rows(torch.randn(70, 77))
-    x = torch.randn(3, 77)
-    reference = x.double() @ (codes.double() * scale.double()[:, None]).T
-    torch.testing.assert_close(kernels.int8_linear(x, codes, scale, None).double(), reference, rtol=0, atol=2e-5)
+    _check_row_products(kernels)
 
 
 def test_portable_c_loop_matches_the_formula(tmp_path):
@@ -405,6 +416,7 @@ def test_portable_c_loop_matches_the_formula(tmp_path):
         assert_matches(kernels.linear(**case), expected, torch.float32)
     packed = case["packed"]
     assert torch.equal(kernels.unpack(packed, K), unpack_signs(packed.contiguous(), K))
+    _check_row_products(kernels)
 
 
 def _native_case(seed: int):
