@@ -15,7 +15,6 @@ from transformers import AutoModelForCausalLM
 
 from optimum_binarymos import BinaryMoSConfig
 from optimum_binarymos.kernels import ops
-from optimum_binarymos.kernels.native import native_kernels
 from optimum_binarymos.kernels.rows import NATIVE_MAX_TOKENS
 from optimum_binarymos.methods.embeddings import quantize_embeddings
 from optimum_binarymos.nn.int4 import Int4Embedding, Int4Linear
@@ -78,19 +77,6 @@ def test_int4_linear_matches_a_float64_product(tokens, columns, with_bias):
     y = ops.int4_linear(x, codes, scale, bias)
     assert y.dtype == torch.float32 and y.shape == (tokens, 300)
     torch.testing.assert_close(y.double(), reference, rtol=0, atol=2e-5)
-
-
-def test_int4_linear_runs_the_native_kernel_for_few_tokens(monkeypatch):
-    kernels = native_kernels()
-    if kernels is None:
-        pytest.skip("the native CPU kernels did not build on this machine")
-    calls = []
-    original = type(kernels).int4_linear
-    monkeypatch.setattr(type(kernels), "int4_linear", lambda self, *a: calls.append(a[0].shape) or original(self, *a))
-    codes, scale = quantize_groups4(torch.randn(40, 32))
-    ops.int4_linear(torch.randn(1, 32), codes, scale, None)
-    ops.int4_linear(torch.randn(NATIVE_MAX_TOKENS + 1, 32), codes, scale, None)
-    assert calls == [(1, 32)]
 
 
 def test_int4_linear_refuses_mismatched_shapes():

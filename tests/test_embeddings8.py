@@ -21,7 +21,7 @@ from optimum_binarymos.kernels.native import native_kernels
 from optimum_binarymos.kernels.rows import NATIVE_MAX_TOKENS
 from optimum_binarymos.nn.int4 import Int4Embedding, Int4Linear
 from optimum_binarymos.nn.int8 import Int8Embedding, Int8Linear
-from optimum_binarymos.packing import dequantize_rows, quantize_rows
+from optimum_binarymos.packing import dequantize_rows, quantize_row_layout, quantize_rows
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -77,17 +77,20 @@ def test_int8_linear_matches_a_float64_product(tokens, with_bias):
     torch.testing.assert_close(y.double(), reference, rtol=0, atol=2e-5)  # float32 sums of 77 terms of size ~1
 
 
-def test_int8_linear_runs_the_native_kernel_for_few_tokens(monkeypatch):
+@pytest.mark.parametrize("bits", [8, 4])
+def test_head_product_runs_the_native_kernel_for_few_tokens(monkeypatch, bits):
     kernels = native_kernels()
     if kernels is None:
         pytest.skip("the native CPU kernels did not build on this machine")
+    name = {8: "int8_linear", 4: "int4_linear"}[bits]
     calls = []
-    original = type(kernels).int8_linear
-    monkeypatch.setattr(type(kernels), "int8_linear", lambda self, *a: calls.append(a[0].shape) or original(self, *a))
-    codes, scale = quantize_rows(torch.randn(40, 16))
-    ops.int8_linear(torch.randn(1, 16), codes, scale, None)
-    ops.int8_linear(torch.randn(NATIVE_MAX_TOKENS + 1, 16), codes, scale, None)
-    assert calls == [(1, 16)]
+    original = getattr(type(kernels), name)
+    monkeypatch.setattr(type(kernels), name, lambda self, *a: calls.append(a[0].shape) or original(self, *a))
+    codes, scale = quantize_row_layout(torch.randn(40, 32), bits)
+    product = getattr(ops, name)
+    product(torch.randn(1, 32), codes, scale, None)
+    product(torch.randn(NATIVE_MAX_TOKENS + 1, 32), codes, scale, None)
+    assert calls == [(1, 32)]
 
 
 def test_int8_linear_in_bfloat16_rounds_once():

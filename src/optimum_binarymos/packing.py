@@ -455,13 +455,17 @@ def dequantize_groups4(
 ROW_LAYOUT_BITS = (8, 4)
 
 
+def _check_row_layout_bits(bits: int) -> None:
+    if bits not in ROW_LAYOUT_BITS:
+        raise ValueError(f"no row layout has {bits} bits; the layouts are {ROW_LAYOUT_BITS}")
+
+
 def row_layout_shapes(bits: int, rows: int, columns: int) -> tuple[tuple[int, int], torch.dtype, tuple[int, ...]]:
     """``(codes shape, codes dtype, scale shape)`` of a ``(rows, columns)`` matrix in the ``bits``-bit layout."""
+    _check_row_layout_bits(bits)
     if bits == 8:
         return (rows, columns), ROW_CODE_DTYPE, (rows,)
-    if bits == 4:
-        return (rows, groups4_packed_columns(columns)), PACKED_DTYPE, (rows, groups4_count(columns))
-    raise ValueError(f"no row layout has {bits} bits; the layouts are {ROW_LAYOUT_BITS}")
+    return (rows, groups4_packed_columns(columns)), PACKED_DTYPE, (rows, groups4_count(columns))
 
 
 def quantize_row_layout(
@@ -469,7 +473,7 @@ def quantize_row_layout(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``(codes, scale)`` of ``weight`` in the ``bits``-bit layout (:func:`quantize_rows` or
     :func:`quantize_groups4`)."""
-    row_layout_shapes(bits, 0, 0)
+    _check_row_layout_bits(bits)
     return quantize_rows(weight, scale_dtype) if bits == 8 else quantize_groups4(weight, scale_dtype)
 
 
@@ -477,7 +481,7 @@ def dequantize_row_layout(
     codes: torch.Tensor, scale: torch.Tensor, columns: int, bits: int, dtype: torch.dtype | None = None
 ) -> torch.Tensor:
     """``(rows, columns)`` values of a ``bits``-bit layout (:func:`dequantize_rows` or :func:`dequantize_groups4`)."""
-    row_layout_shapes(bits, 0, 0)
+    _check_row_layout_bits(bits)
     if bits == 8:
         return dequantize_rows(codes, scale, dtype)
     return dequantize_groups4(codes, scale, columns, dtype)

@@ -43,6 +43,13 @@ def _rows_product(
     return y
 
 
+def _check_activations(x: torch.Tensor) -> tuple[int, int]:
+    """``(M, K)`` of the activations of a product kernel, after checking they are what the C code reads."""
+    if x.ndim != 2 or x.dtype != torch.float32 or x.device.type != "cpu" or x.stride(1) != 1:
+        raise ValueError("x must be a 2-D float32 CPU tensor with unit column stride")
+    return x.shape[0], x.shape[1]
+
+
 def _pointer(tensor: torch.Tensor | None) -> int | None:
     return None if tensor is None else tensor.data_ptr()
 
@@ -194,9 +201,7 @@ class NativeKernels:
         Returns:
             ``(M, N)`` float32.
         """
-        rows, k = x.shape
-        if x.dtype != torch.float32 or x.device.type != "cpu" or x.stride(1) != 1:
-            raise ValueError("x must be a 2-D float32 CPU tensor with unit column stride")
+        _, k = _check_activations(x)
         if weight.dtype != torch.int8 or weight.device.type != "cpu" or weight.ndim != 2 or weight.stride(1) != 1:
             raise ValueError(f"weight must be a 2-D int8 CPU tensor with unit column stride, got {weight.dtype}")
         n = weight.shape[0]
@@ -221,9 +226,7 @@ class NativeKernels:
         Returns:
             ``(M, N)`` float32.
         """
-        rows, k = x.shape
-        if x.dtype != torch.float32 or x.device.type != "cpu" or x.stride(1) != 1:
-            raise ValueError("x must be a 2-D float32 CPU tensor with unit column stride")
+        _, k = _check_activations(x)
         n, columns = codes.shape[0], groups4_packed_columns(k)
         if codes.dtype != PACKED_DTYPE or not codes.is_cpu or codes.ndim != 2 or codes.shape[1] != columns:
             raise ValueError(f"codes must be ({n}, {columns}) uint8 on the CPU, got {codes.dtype} {tuple(codes.shape)}")
@@ -248,9 +251,7 @@ class NativeKernels:
         Returns:
             ``(M, N)`` float32.
         """
-        rows, k = x.shape
-        if x.dtype != torch.float32 or x.device.type != "cpu" or x.stride(1) != 1:
-            raise ValueError("x must be a 2-D float32 CPU tensor with unit column stride")
+        rows, k = _check_activations(x)
         n, columns = codes.shape[0], ternary_packed_columns(k, "2bit")
         if codes.dtype != PACKED_DTYPE or codes.ndim != 2 or codes.shape[1] != columns or codes.stride(1) != 1:
             raise ValueError(f"codes must be ({n}, {columns}) uint8 with unit column stride, got {tuple(codes.shape)}")
