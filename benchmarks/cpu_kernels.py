@@ -7,6 +7,8 @@ median over the rounds, under ``torch.no_grad()``, float32 activations:
 * ``dense fp32``: ``nn.Linear(K, N)``, the reference;
 * ``packed, E experts``: ``PackedBinaryMoSLinear`` on its default CPU path (the native C kernel up to
   ``NATIVE_MAX_TOKENS`` tokens, unpacking blocks of rows then a dense matmul above);
+* ``packed, E experts, int8 activations``: the same layer with ``activation_bits=8`` (the native int8-activation
+  kernel at every ``M``);
 * with ``--strategies``, the same packed layer through each strategy forced (native kernel, blocked unpack and
   matmul, pure torch without the native library), which shows where the crossover lies.
 
@@ -21,7 +23,7 @@ kernel that only reads its weights) and a copy (``copy_``, counted as read plus 
 is timed cold, over enough distinct layers that their bytes (signs, scales, router) are four times the last-level
 cache, so each call streams its weights from memory, and hot, one layer again and again. Per call: bytes / time,
 as a share of the read bandwidth. Both the native kernel alone (the router's gates computed beforehand in torch)
-and the layer's forward (what a model calls) are timed.
+and the layer's forward (what a model calls) are timed, with float and with int8 activations.
 
 Run from the repository root (``benchmarks/results/cpu_kernels-cpu.md`` records both runs)::
 
@@ -35,6 +37,7 @@ On a machine shared with other jobs, ``--threads 1 --clock cpu`` gives figures t
 from __future__ import annotations
 
 import argparse
+import copy
 import datetime
 import os
 import statistics
@@ -49,7 +52,7 @@ from torch import nn
 
 from optimum_binarymos import PackedBinaryMoSLinear, unpack_signs
 from optimum_binarymos.hardware import cpu_info
-from optimum_binarymos.kernels import torch_backend
+from optimum_binarymos.kernels import set_activation_bits, torch_backend
 from optimum_binarymos.kernels.native import NativeKernels, build_library, native_kernels
 
 
@@ -154,6 +157,8 @@ def measure(args: argparse.Namespace) -> list[list[str]]:
     k, n = args.in_features, args.out_features
     dense = nn.Linear(k, n, bias=False, dtype=torch.float32).requires_grad_(False)
     packed = {experts: packed_layer(k, n, experts) for experts in args.num_experts}
+    packed_int8 = {experts: copy.deepcopy(layer) for experts, layer in packed.items()}
+    set_activation_bits(nn.ModuleList(packed_int8.values()), 8)
     dense_bytes = weight_bytes(dense)
     rows = []
     for tokens in args.tokens:
@@ -164,6 +169,8 @@ def measure(args: argparse.Namespace) -> list[list[str]]:
             label = f"packed, {experts} expert{'s' if experts > 1 else ''}"
             functions[label] = lambda layer=layer, x=x: layer(x)
             sizes[label] = weight_bytes(layer)
+            functions[f"{label}, int8 activations"] = lambda layer=packed_int8[experts], x=x: layer(x)
+            sizes[f"{label}, int8 activations"] = weight_bytes(layer)
             if args.strategies:
                 for strategy in STRATEGIES:
                     functions[f"{label}, {strategy}"] = forced(layer, x, strategy)
@@ -290,6 +297,23 @@ def measure_bandwidth(args: argparse.Namespace) -> tuple[list[list[str]], list[s
         for _ in range(count):
             kernels.linear(x, weight, k, scale_in, scale_out, gates, None)
 
+    def kernel_sweep_int8():
+        for weight, scale_in, scale_out, gates in calls:
+            kernels.linear(x, weight, k, scale_in, scale_out, gates, None, activation_bits=8)
+
+    def forward_sweep_int8():
+        set_activation_bits(layers_int8, 8)
+        for layer in layers:
+            layer(x)
+        set_activation_bits(layers_int8, None)
+
+    def kernel_hot_int8():
+        weight, scale_in, scale_out, gates = calls[0]
+        for _ in range(count):
+            kernels.linear(x, weight, k, scale_in, scale_out, gates, None, activation_bits=8)
+
+    layers_int8 = nn.ModuleList(layers)
+
     source = torch.ones(args.stream_mib * 2**20 // 4)
     target = torch.empty_like(source)
     functions = {
@@ -298,6 +322,9 @@ def measure_bandwidth(args: argparse.Namespace) -> tuple[list[list[str]], list[s
         "kernel, cold": kernel_sweep,
         "forward, cold": forward_sweep,
         "kernel, hot": kernel_hot,
+        "kernel, int8 activations, cold": kernel_sweep_int8,
+        "forward, int8 activations, cold": forward_sweep_int8,
+        "kernel, int8 activations, hot": kernel_hot_int8,
     }
     medians, rounds = interleaved_medians(functions, args)
     read = source.numel() * 4 / medians["read"]
@@ -309,7 +336,7 @@ def measure_bandwidth(args: argparse.Namespace) -> tuple[list[list[str]], list[s
          f"{copy / 1e9:.1f}", f"{copy / read:.0%}"],
     ]  # fmt: skip
     limit_us = per_layer / read * 1e6
-    for label in ("kernel, cold", "forward, cold", "kernel, hot"):
+    for label in list(functions)[2:]:
         seconds = medians[label] / count
         achieved = per_layer / seconds
         rows.append([f"packed layer, {label}", f"{seconds * 1e6:.1f} us per call", f"{achieved / 1e9:.1f}",

@@ -55,6 +55,7 @@ from transformers import AutoModelForCausalLM, DynamicCache, StaticCache
 import optimum_binarymos
 from optimum_binarymos import BinaryMoSConfig, TernaryConfig, convert_model, pack_model
 from optimum_binarymos.hardware import cpu_info
+from optimum_binarymos.kernels import set_activation_bits
 from optimum_binarymos.kernels.native import native_kernels
 
 REPOSITORY = Path(__file__).resolve().parents[1]
@@ -65,7 +66,8 @@ PEER_BUILD_NOTE = "build-flags.txt"
 
 LLAMA_CPP = "llama.cpp Q4_1 (GGUF)"
 
-#: name -> (dtype of the float parts, quantization config or None for the float model, compiled)
+#: name -> (dtype of the float parts, quantization config or None for the float model, compiled); names saying
+#: "int8 activations" run their packed layers with ``activation_bits=8``.
 TORCH_MODELS = {
     "transformers float32": (torch.float32, None, False),
     "transformers float32, compiled": (torch.float32, None, True),
@@ -80,6 +82,12 @@ TORCH_MODELS = {
     ),
     "packed BinaryMoS E=4, 4-bit embeddings, compiled": (
         torch.float32, lambda: BinaryMoSConfig(num_experts=4, embedding_bits=4), True,
+    ),
+    "packed BinaryMoS E=4, 8-bit embeddings, int8 activations": (
+        torch.float32, lambda: BinaryMoSConfig(num_experts=4, embedding_bits=8), False,
+    ),
+    "packed BinaryMoS E=4, 8-bit embeddings, int8 activations, compiled": (
+        torch.float32, lambda: BinaryMoSConfig(num_experts=4, embedding_bits=8), True,
     ),
     "packed ternary": (torch.float32, lambda: TernaryConfig(), False),
 }  # fmt: skip
@@ -152,6 +160,8 @@ def load_torch_model(name: str, folder: Path | None, seed: int) -> nn.Module:
         model = AutoModelForCausalLM.from_pretrained(folder, **kwargs)
     if make_config is not None:
         pack_model(model)
+    if "int8 activations" in name:
+        set_activation_bits(model, 8)
     return model.eval().requires_grad_(False)
 
 

@@ -41,7 +41,8 @@ def test_peer_benchmark_smoke_run_writes_its_table_and_plot(tmp_path):
         "--output", str(output), "--plot", str(figure),
     )  # fmt: skip
     report = output.read_text()
-    for name in ("transformers float32", "packed BinaryMoS E=4, 8-bit embeddings", "packed ternary"):
+    for name in ("transformers float32", "packed BinaryMoS E=4, 8-bit embeddings", "packed ternary",
+                 "packed BinaryMoS E=4, 8-bit embeddings, int8 activations, compiled"):
         assert f"| {name} |" in report, name
     assert "llama.cpp" not in report.split("## ")[0].split("| model")[1]  # no peer in a --tiny run
     assert figure.stat().st_size > 0
@@ -81,6 +82,26 @@ def test_kernel_benchmark_bandwidth_smoke_run_reports_the_limit(tmp_path):
     )  # fmt: skip
     report = output.read_text()
     section = report.split("### One token against the memory-bandwidth limit")[1]
-    for row in ("STREAM-like read", "STREAM-like copy", "packed layer, kernel, cold", "packed layer, forward, cold"):
+    for row in ("STREAM-like read", "STREAM-like copy", "packed layer, kernel, cold", "packed layer, forward, cold",
+                "packed layer, kernel, int8 activations, cold", "packed layer, forward, int8 activations, cold"):
         assert f"| {row}" in section, row
     assert "bandwidth limit of one call" in section
+
+
+def test_activation_bits_smoke_run_reports_both_settings(tmp_path):
+    output = tmp_path / "activation_bits.md"
+    run_script("activation_bits.py", "--tiny", "--seq-len", "16", "--windows", "1", "--output", str(output))
+    report = output.read_text()
+    assert "| float activations |" in report and "| int8 activations |" in report
+    assert "same argmax at" in report
+
+
+def test_kernel_benchmark_times_int8_activations_at_every_token_count(tmp_path):
+    output = tmp_path / "cpu_kernels.md"
+    run_script(
+        "cpu_kernels.py", "--tokens", "1", "40", "--in-features", "256", "--out-features", "128", "--num-experts", "4",
+        "--min-rounds", "2", "--max-rounds", "2", "--warmup", "1", "--output", str(output),
+    )  # fmt: skip
+    report = output.read_text()
+    for tokens in (1, 40):
+        assert f"| {tokens} | packed, 4 experts, int8 activations |" in report

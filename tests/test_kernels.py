@@ -280,7 +280,7 @@ def record_native_calls(monkeypatch) -> collections.Counter:
             calls["linear"] += 1
             return operator(*args)
 
-        monkeypatch.setattr(optimum_binarymos.kernels, "_native_operator", recording_operator)
+        monkeypatch.setitem(optimum_binarymos.kernels._native_operators, None, recording_operator)
     return calls
 
 
@@ -858,7 +858,7 @@ def test_a_damaged_cpp_operator_library_is_rebuilt_not_loaded(tmp_path):
 def test_without_the_cpp_operator_layers_keep_the_ctypes_path(monkeypatch):
     from optimum_binarymos.kernels.native import torch_op
 
-    monkeypatch.setattr(optimum_binarymos.kernels, "_native_operator", optimum_binarymos.kernels._UNRESOLVED)
+    monkeypatch.setattr(optimum_binarymos.kernels, "_native_operators", {})
     monkeypatch.setattr(torch_op, "_build_and_load", lambda *_: (_ for _ in ()).throw(OSError("no ninja")))
     torch_op.native_linear_op.cache_clear()
     try:

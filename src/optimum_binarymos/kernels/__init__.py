@@ -42,45 +42,50 @@ import torch
 
 from . import ops
 from .dispatch import (
+    ACTIVATION_BITS_VARIABLE,
     BACKEND_VARIABLE,
     BACKENDS,
+    ActivationBitsMixin,
     KernelBackendMixin,
     requested_backend,
     select_backend,
+    validate_activation_bits,
     validate_backend,
 )
-from .torch_backend import NATIVE_MAX_TOKENS
+from .torch_backend import NATIVE_MAX_TOKENS, quantize_activations
 
 __all__ = [
+    "ACTIVATION_BITS_VARIABLE",
     "BACKENDS",
     "BACKEND_VARIABLE",
     "binarymos_linear",
+    "quantize_activations",
     "requested_backend",
     "select_backend",
+    "set_activation_bits",
     "set_kernel_backend",
 ]
 
 
-#: The C++ operator of the native kernel (:mod:`.native.torch_op`), None where it cannot be built, or
-#: ``_UNRESOLVED`` before the first eager call that could use it.
-_UNRESOLVED = object()
-_native_operator = _UNRESOLVED
+#: The C++ operators of the native kernel (:mod:`.native.torch_op`) by activation bits (None: float32, 8: int8),
+#: None where they cannot be built; absent before the first eager call that could use them.
+_native_operators: dict = {}
 
 
-def native_operator():
-    """The C++ operator of the native linear (``optimum_binarymos_cpu::linear_f32``), or None.
+def native_operator(activation_bits: int | None = None):
+    """The C++ operator of the native linear (``optimum_binarymos_cpu::linear_f32``, or ``::linear_q8`` for
+    ``activation_bits=8``), or None.
 
     Resolved (built on first use) at the first eager call that could take it; under ``torch.compile`` an unresolved
     operator counts as absent for that trace, so compiling never builds anything.
     """
-    global _native_operator
-    if _native_operator is _UNRESOLVED:
+    if activation_bits not in _native_operators:
         if torch.compiler.is_compiling():
             return None
-        from .native.torch_op import native_linear_op
+        from .native.torch_op import native_linear_op, native_linear_q8_op
 
-        _native_operator = native_linear_op()
-    return _native_operator
+        _native_operators[activation_bits] = native_linear_op() if activation_bits is None else native_linear_q8_op()
+    return _native_operators[activation_bits]
 
 
 def _float32_tables(*tensors: torch.Tensor | None) -> bool:
@@ -110,6 +115,43 @@ def set_kernel_backend(model: torch.nn.Module, name: str | None) -> int:
     return len(layers)
 
 
+def set_activation_bits(model: torch.nn.Module, bits: int | None) -> int:
+    """Set ``activation_bits`` of every packed BinaryMoS layer in ``model`` (``model`` itself included).
+
+    With 8, each layer rounds its scaled activations ``x * s_in`` to int8, one scale per token
+    (:func:`quantize_activations`), before the product with the signs: on CPU the native kernel then sums 64
+    weights per two instructions (AVX-512 VNNI) instead of 16 per masked add, at every number of tokens, for a
+    small change of the model's outputs (measured in ``docs/KERNELS.md``). None: activations as they come.
+
+    Args:
+        model: any module; its :class:`~optimum_binarymos.PackedBinaryMoSLinear` layers (OneBit and BinaryMoS)
+            change, nothing else (ternary layers take float activations).
+        bits: 8 or None.
+
+    Returns:
+        The number of layers changed.
+
+    Raises:
+        ValueError: for another value, before any layer is changed.
+
+    Example::
+
+        >>> import torch
+        >>> from optimum_binarymos import PackedBinaryMoSLinear
+        >>> from optimum_binarymos.kernels import set_activation_bits
+        >>> model = torch.nn.Sequential(PackedBinaryMoSLinear(64, 32), PackedBinaryMoSLinear(32, 8))
+        >>> set_activation_bits(model, 8)
+        2
+        >>> model[0].activation_bits
+        8
+    """
+    bits = validate_activation_bits(bits)
+    layers = [module for module in model.modules() if isinstance(module, ActivationBitsMixin)]
+    for layer in layers:
+        layer.activation_bits = bits
+    return len(layers)
+
+
 def binarymos_linear(
     x: torch.Tensor,
     packed: torch.Tensor,
@@ -120,6 +162,7 @@ def binarymos_linear(
     bias: torch.Tensor | None = None,
     backend: str | None = None,
     router_weight: torch.Tensor | None = None,
+    activation_bits: int | None = None,
 ) -> torch.Tensor:
     """Packed BinaryMoS linear on the backend :func:`select_backend` picks for ``backend`` and ``x``'s device.
 
@@ -138,6 +181,8 @@ def binarymos_linear(
         router_weight: ``(E, in_features)``, given instead of ``gates``: the gates are then
             ``softmax(x @ router_weight^T)``, computed inside the kernel where it can (the native CPU kernel), so a
             layer makes one call per forward. Packed layers pass theirs.
+        activation_bits: None, or 8 to round ``x * s_in`` to int8 per token before the product
+            (:func:`quantize_activations`; :func:`set_activation_bits`). Packed layers pass theirs.
 
     Returns:
         ``(..., out_features)`` in ``x``'s dtype. No gradient flows through it (inference only).
@@ -171,21 +216,25 @@ def binarymos_linear(
         return x.new_empty(*x.shape[:-1], out_features)
     if backend is None:
         backend = requested_backend()
-    if (
-        flat_gates is None
-        and backend != "triton"
-        and flat.is_cpu
-        and flat.dtype == torch.float32
-        and flat.shape[0] <= NATIVE_MAX_TOKENS
-        and flat.stride(-1) == 1
-        and packed.stride(-1) == 1
-        and _float32_tables(scale_in, scale_out, bias, router_weight)
-    ):
-        # Few float32 tokens on CPU: the C++ operator calls the native kernel with no Python in between.
-        operator = native_operator()
-        if operator is not None:
+    if activation_bits is not None:
+        activation_bits = validate_activation_bits(activation_bits)
+    if flat_gates is None and backend != "triton" and flat.is_cpu and flat.dtype == torch.float32:
+        # Resolved at any eager float32 call on CPU (a long prefill included), so that a decode step compiled
+        # afterwards traces the C++ operator rather than the Python-bodied one.
+        operator = native_operator(activation_bits)
+        if (
+            operator is not None
+            and (activation_bits is not None or flat.shape[0] <= NATIVE_MAX_TOKENS)
+            and flat.stride(-1) == 1
+            and packed.stride(-1) == 1
+            and _float32_tables(scale_in, scale_out, bias, router_weight)
+        ):
+            # Float32 on CPU (few tokens, or any number with int8 activations): the C++ operator calls the native
+            # kernel with no Python in between.
             y = operator(flat, packed, in_features, scale_in, scale_out, bias, router_weight)
             return y.reshape(*x.shape[:-1], out_features)
     # The operator in every mode: one node under torch.compile, a few microseconds of dispatch in eager mode.
-    y = ops.packed_linear(flat, packed, in_features, scale_in, scale_out, flat_gates, bias, backend, router_weight)
+    y = ops.packed_linear(
+        flat, packed, in_features, scale_in, scale_out, flat_gates, bias, backend, router_weight, activation_bits
+    )
     return y.reshape(*x.shape[:-1], out_features)

@@ -36,6 +36,13 @@ BACKEND_VARIABLE = "BINARYMOS_BACKEND"
 #: Accepted kernel backend names (``layer.kernel_backend``, :data:`BACKEND_VARIABLE`).
 BACKENDS = ("auto", "triton", "torch")
 
+#: Environment variable giving the default ``activation_bits`` of packed BinaryMoS layers (``8``, or unset / empty /
+#: ``none`` for float activations), read at a layer's first use.
+ACTIVATION_BITS_VARIABLE = "BINARYMOS_ACTIVATION_BITS"
+
+#: Accepted values of ``activation_bits``: None (activations as they come) or 8 (rounded to int8 per token).
+ACTIVATION_BITS = (None, 8)
+
 #: How to change the backend, for error messages.
 _HOW_TO_CHOOSE = (
     "choose another backend with `optimum_binarymos.kernels.set_kernel_backend(model, 'auto')` "
@@ -148,3 +155,54 @@ class KernelBackendMixin:
     @kernel_backend.setter
     def kernel_backend(self, name: str | None) -> None:
         self._kernel_backend = None if name is None else validate_backend(name)
+
+
+def validate_activation_bits(bits: object, source: str = "activation_bits") -> int | None:
+    """``bits`` as one of :data:`ACTIVATION_BITS` (the strings ``"8"``, ``"none"`` and ``""`` accepted too).
+
+    Raises:
+        ValueError: for anything else, naming the accepted values.
+    """
+    value = bits
+    if isinstance(bits, str):
+        text = bits.strip().lower()
+        value = None if text in ("", "none") else int(text) if text.isdigit() else bits
+    if isinstance(value, bool) or value not in ACTIVATION_BITS:
+        raise ValueError(f"{source} must be None or 8, got {bits!r}")
+    return value
+
+
+def requested_activation_bits() -> int | None:
+    """``activation_bits`` asked for through ``BINARYMOS_ACTIVATION_BITS`` (default None), validated; read now.
+
+    Raises:
+        ValueError: for a value other than ``8``, ``none`` or empty.
+    """
+    return validate_activation_bits(os.environ.get(ACTIVATION_BITS_VARIABLE, ""), ACTIVATION_BITS_VARIABLE)
+
+
+class ActivationBitsMixin:
+    """``activation_bits`` of a packed BinaryMoS layer: None (the default) multiplies the signs by the activations as
+    they come; 8 rounds the scaled activations ``x * s_in`` to int8, one scale per token, before the product, as
+    llama.cpp's quantized matmuls do, where the native CPU kernel then adds 64 weights per two instructions.
+
+    Never set, it takes :func:`requested_activation_bits` (``BINARYMOS_ACTIVATION_BITS``) at its first read and
+    keeps it; once set (None included), the environment is not read. A plain attribute, not saved in checkpoints
+    (:func:`optimum_binarymos.kernels.set_activation_bits` sets a whole model).
+    """
+
+    _activation_bits: int | None = None
+    _activation_bits_chosen: bool = False
+
+    @property
+    def activation_bits(self) -> int | None:
+        """None or 8: the precision of the activations entering this layer's product with the signs."""
+        if not self._activation_bits_chosen:
+            self._activation_bits = requested_activation_bits()
+            self._activation_bits_chosen = True
+        return self._activation_bits
+
+    @activation_bits.setter
+    def activation_bits(self, bits: int | str | None) -> None:
+        self._activation_bits = validate_activation_bits(bits)
+        self._activation_bits_chosen = True

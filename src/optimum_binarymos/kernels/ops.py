@@ -5,7 +5,8 @@ operators, so the compiler sees a packed layer as one node of known output shape
 below) instead of breaking its graph at an opaque ctypes or Triton call:
 
 * ``optimum_binarymos::packed_linear(x, packed, in_features, scale_in, scale_out, gates, bias, backend,
-  router_weight)`` (the router weight instead of the gates: the kernel mixes the scales itself)
+  router_weight, activation_bits)`` (the router weight instead of the gates: the kernel mixes the scales itself;
+  ``activation_bits=8``: int8 activations, :func:`.torch_backend.quantize_activations`)
 * ``optimum_binarymos::ternary_matmul(x, codes, scale, shift, in_features, group_size, code_packing, backend)``
 * ``optimum_binarymos::int8_linear(x, codes, scale, bias)`` (8-bit ``lm_head``, :mod:`.rows`)
 * ``optimum_binarymos::int4_linear(x, codes, scale, bias)`` (4-bit ``lm_head``, :mod:`.rows`)
@@ -44,24 +45,29 @@ def run_packed_linear(
     bias: torch.Tensor | None,
     backend: str = "auto",
     router_weight: torch.Tensor | None = None,
+    activation_bits: int | None = None,
 ) -> torch.Tensor:
     """``((x * s_in) @ sign(W)^T) * s_out + bias``: ``x`` ``(M, K)`` -> ``(M, N)`` in ``x``'s dtype, on the
     backend ``backend`` resolves to for ``x``'s device (the body of ``optimum_binarymos::packed_linear``;
-    arguments as :func:`optimum_binarymos.kernels.binarymos_linear`)."""
-    if select_backend(x.device, backend) == "triton":
+    arguments as :func:`optimum_binarymos.kernels.binarymos_linear`). The Triton kernels take float activations
+    only: with ``activation_bits=8`` the torch backend runs on every device."""
+    backend = select_backend(x.device, backend)
+    if backend == "triton" and activation_bits is None:
         from .triton.linear import packed_linear as triton_linear
 
         if gates is None and router_weight is not None:
             gates = router_gates(x, router_weight)
         return triton_linear(x, packed, in_features, scale_in, scale_out, gates, bias)
     return torch_packed_linear(
-        x, packed, in_features, scale_in, scale_out, gates, bias, router_weight=router_weight
-    )
+        x, packed, in_features, scale_in, scale_out, gates, bias, router_weight=router_weight,
+        activation_bits=activation_bits,
+    )  # fmt: skip
 
 
 _LIBRARY.define(
     "packed_linear(Tensor x, Tensor packed, SymInt in_features, Tensor scale_in, Tensor scale_out, "
-    'Tensor? gates, Tensor? bias, str backend="auto", Tensor? router_weight=None) -> Tensor'
+    'Tensor? gates, Tensor? bias, str backend="auto", Tensor? router_weight=None, int? activation_bits=None) '
+    "-> Tensor"
 )
 _LIBRARY.impl("packed_linear", run_packed_linear, "CompositeExplicitAutograd")
 _LIBRARY.define(
@@ -76,7 +82,7 @@ _LIBRARY.impl("int4_linear", int4_linear_inference, "CompositeExplicitAutograd")
 
 
 @torch.library.register_fake(f"{NAMESPACE}::packed_linear")
-def _(x, packed, in_features, scale_in, scale_out, gates, bias, backend="auto", router_weight=None):
+def _(x, packed, in_features, scale_in, scale_out, gates, bias, backend="auto", router_weight=None, activation_bits=None):
     return x.new_empty(x.shape[0], packed.shape[0])
 
 

@@ -9,6 +9,11 @@ tokens ``M``:
 * otherwise: unpack the signs one block of output rows at a time and multiply with the platform's matmul. The
   float block (4 MiB) lives for one call and is never cached, so the weights stay at 1 bit in memory.
 
+With ``activation_bits=8`` the scaled activations ``x * s_in`` are rounded to int8 per token
+(:func:`quantize_activations`) before the product: on CPU the native int8 kernel takes every number of tokens (it
+beats unpacking and a float matmul at any ``M``), elsewhere the rounding is applied in torch and the float product
+follows, so every backend computes the same function.
+
 float32 activations on CPU take the native kernel with the whole layer fused (mixture of scales, bias). Other
 dtypes follow the rounding steps of the reference forward (``_MixtureOfScalesMixin.forward``): scales and
 ``x * s_in`` in the activations' dtype, the product accumulated in float32 and rounded once, then ``* s_out``
@@ -43,6 +48,7 @@ def packed_linear(
     bias: torch.Tensor | None = None,
     use_native: bool = True,
     router_weight: torch.Tensor | None = None,
+    activation_bits: int | None = None,
 ) -> torch.Tensor:
     """``((x * s_in) @ sign(W)^T) * s_out + bias`` for 2-D ``x``.
 
@@ -56,6 +62,7 @@ def packed_linear(
         use_native: allow the native CPU kernel (False: pure torch, unpack and matmul).
         router_weight: ``(E, K)``, given instead of ``gates``: the gates are ``softmax(x @ router_weight^T)``
             (computed by the native kernel itself when it runs).
+        activation_bits: None, or 8 to round ``x * s_in`` to int8 per token first (:func:`quantize_activations`).
 
     Returns:
         ``(M, N)`` in ``x``'s dtype.
@@ -63,6 +70,8 @@ def packed_linear(
     kernels = native_kernels() if use_native and x.device.type == "cpu" else None
     if packed.stride(-1) != 1:
         packed = packed.contiguous()
+    if activation_bits is not None:
+        return _int8_activations_linear(x, packed, in_features, scale_in, scale_out, gates, bias, kernels, router_weight)
     if kernels is not None and x.dtype == torch.float32 and x.shape[0] <= NATIVE_MAX_TOKENS:
         if x.stride(-1) != 1:
             x = x.contiguous()
@@ -77,6 +86,65 @@ def packed_linear(
     if bias is not None:
         y = y + bias.to(x.dtype)
     return y
+
+
+def _int8_activations_linear(
+    x: torch.Tensor,
+    packed: torch.Tensor,
+    in_features: int,
+    scale_in: torch.Tensor,
+    scale_out: torch.Tensor,
+    gates: torch.Tensor | None,
+    bias: torch.Tensor | None,
+    kernels: NativeKernels | None,
+    router_weight: torch.Tensor | None,
+) -> torch.Tensor:
+    """:func:`packed_linear` with ``activation_bits=8``: the native int8 kernel on CPU (in float32, any number of
+    tokens), else the rounding in torch followed by the float product."""
+    if kernels is not None:
+        flat = x.to(torch.float32)
+        if flat.stride(-1) != 1:
+            flat = flat.contiguous()
+        y = kernels.linear(
+            flat, packed, in_features, float32_contiguous(scale_in), float32_contiguous(scale_out),
+            float32_contiguous(gates), float32_contiguous(bias), float32_contiguous(router_weight), activation_bits=8,
+        )  # fmt: skip
+        return y.to(x.dtype)
+    if gates is None and router_weight is not None:
+        gates = router_gates(x, router_weight)
+    s_in, s_out = mixed_scales(gates, scale_in, scale_out, torch.float32)
+    scaled = quantize_activations(x.to(torch.float32) * s_in)
+    y = signed_sums(scaled, packed, in_features) * s_out
+    if bias is not None:
+        y = y + bias.to(torch.float32)
+    return y.to(x.dtype)
+
+
+def quantize_activations(scaled: torch.Tensor) -> torch.Tensor:
+    """``scaled`` rounded to int8 per token and returned as float32: ``round(s * 127 / max|s|) * max|s| / 127`` for
+    each row ``s`` (rounding half to even), what ``activation_bits=8`` multiplies the signs by. A zero row stays
+    zero; a row holding a non-finite value becomes NaN.
+
+    Args:
+        scaled: ``(..., K)`` activations, already multiplied by the input scales.
+
+    Returns:
+        ``(..., K)`` float32.
+
+    Example::
+
+        >>> import torch
+        >>> from optimum_binarymos.kernels import quantize_activations
+        >>> quantize_activations(torch.tensor([[1.0, -0.5, 0.003], [0.0, 0.0, 0.0]]))
+        tensor([[ 1.0000, -0.5039,  0.0000],
+                [ 0.0000,  0.0000,  0.0000]])
+    """
+    values = scaled.to(torch.float32)
+    largest = values.abs().amax(dim=-1, keepdim=True)
+    inverse = torch.where(largest > 0, 127.0 / largest, torch.zeros_like(largest))
+    codes = torch.round(values * inverse)
+    dequantized = codes * (largest / 127.0)
+    return torch.where(torch.isfinite(largest), dequantized, torch.full_like(dequantized, float("nan")))
 
 
 def router_gates(x: torch.Tensor, router_weight: torch.Tensor) -> torch.Tensor:

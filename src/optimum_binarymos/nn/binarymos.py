@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from ..kernels import binarymos_linear
-from ..kernels.dispatch import KernelBackendMixin
+from ..kernels.dispatch import ActivationBitsMixin, KernelBackendMixin
 from ..kernels.torch_backend import router_gates
 from ..packing import PACKED_DTYPE, pack_signs, packed_columns, unpack_signs
 from ..recompute import linear_recomputing_weight
@@ -173,7 +173,7 @@ class BinaryMoSLinear(_MixtureOfScalesMixin):
         return partial(_latent_signs, dtype=dtype), (self.weight,)
 
 
-class PackedBinaryMoSLinear(KernelBackendMixin, _MixtureOfScalesMixin):
+class PackedBinaryMoSLinear(KernelBackendMixin, ActivationBitsMixin, _MixtureOfScalesMixin):
     """Inference BinaryMoS layer: signs at 1 bit each, scales and router in float.
 
     Tensors: ``weight`` ``uint8 (out, ceil(in / 8))`` (a buffer of packed signs; layout in
@@ -184,7 +184,10 @@ class PackedBinaryMoSLinear(KernelBackendMixin, _MixtureOfScalesMixin):
 
     ``kernel_backend`` (``"auto"``, ``"triton"`` or ``"torch"``; :mod:`optimum_binarymos.kernels.dispatch`) chooses
     the kernels: set it here, or for a whole model with :func:`optimum_binarymos.kernels.set_kernel_backend`;
-    unset, it is ``BINARYMOS_BACKEND`` (default ``"auto"``) read at the layer's first use.
+    unset, it is ``BINARYMOS_BACKEND`` (default ``"auto"``) read at the layer's first use. ``activation_bits``
+    (None or 8; :class:`optimum_binarymos.kernels.dispatch.ActivationBitsMixin`) rounds the activations to int8
+    per token before the product: set it here, with :func:`optimum_binarymos.kernels.set_activation_bits`, or
+    through ``BINARYMOS_ACTIVATION_BITS``.
     """
 
     def __init__(
@@ -250,4 +253,5 @@ class PackedBinaryMoSLinear(KernelBackendMixin, _MixtureOfScalesMixin):
             self.bias,
             self.kernel_backend,
             self.router_weight,
+            self.activation_bits,
         )

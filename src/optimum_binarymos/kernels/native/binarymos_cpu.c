@@ -68,7 +68,7 @@
 #define BMOS_AVX512 0
 #endif
 
-#define ABI_VERSION 3
+#define ABI_VERSION 4
 /* Rows of activations that share one decoded byte of weights. */
 #define MAX_TILE 8
 /* Output rows per task of the thread pool; small enough to balance two to a few dozen threads. */
@@ -149,6 +149,7 @@ ALWAYS_INLINE void signed_sums(const float* xs, int64_t ld, const int mt, const 
         out[m] = 2.0f * _mm512_reduce_add_ps(a) - totals[m];
     }
 }
+
 #elif BMOS_AVX2
 /*
  * out[m] = sum_k xs[m * ld + k] * sign(w)[k] = 2 * (masked sum) - totals[m], for mt rows of activations
@@ -312,6 +313,43 @@ static void linear_task(const void* opaque, int64_t task) {
 }
 
 /*
+ * The prologue shared by the 1-bit products: xs (M, ld) = x * s_in, zero-padded from K to ld, and totals (M,) its
+ * row sums. Returns the gates (M, E) to mix the output scales with: `gates` as given, else, with a router, the
+ * softmax gates computed here into `computed` (M * E floats), else NULL. The prologue is M * K * E multiply-adds
+ * against M * N * K / 8 steps of the main loop: serial, but written as loops over k that compilers vectorize (the
+ * experts outermost).
+ */
+static const float* prepare_activations(const float* x, int64_t M, int64_t K, int64_t ldx, const float* gates,
+                                        int64_t E, const float* router, const float* scale_in, float* xs, int64_t ld,
+                                        float* totals, float* computed) {
+    if (gates == NULL && router != NULL) {
+        for (int64_t m = 0; m < M; m++) router_softmax(x + m * ldx, router, E, K, computed + m * E);
+        gates = computed;
+    }
+    for (int64_t m = 0; m < M; m++) {
+        const float* g = gates == NULL ? NULL : gates + m * E;
+        const float* xm = x + m * ldx;
+        float* row = xs + m * ld;
+        if (scale_in == NULL) {
+            for (int64_t k = 0; k < K; k++) row[k] = xm[k];
+        } else if (g == NULL) {
+            for (int64_t k = 0; k < K; k++) row[k] = xm[k] * scale_in[k];
+        } else {
+            for (int64_t k = 0; k < K; k++) row[k] = g[0] * scale_in[k];
+            for (int64_t e = 1; e < E; e++)
+                for (int64_t k = 0; k < K; k++) row[k] += g[e] * scale_in[e * K + k];
+            for (int64_t k = 0; k < K; k++) row[k] *= xm[k];
+        }
+        for (int64_t k = K; k < ld; k++) row[k] = 0.0f;
+        float lanes[8] = {0};
+        for (int64_t k = 0; k < ld; k += 8)
+            for (int j = 0; j < 8; j++) lanes[j] += row[k + j];
+        totals[m] = ((lanes[0] + lanes[4]) + (lanes[1] + lanes[5])) + ((lanes[2] + lanes[6]) + (lanes[3] + lanes[7]));
+    }
+    return gates;
+}
+
+/*
  * y (M, N), row stride ldy, float32 = ((x * s_in) @ sign(W)^T) * s_out + bias.
  *   x (M, K) row stride ldx; gates (M, E) contiguous, or NULL: then with router (E, K) contiguous the gates are
  *   computed here (softmax of x @ router^T), and without it row 0 of the tables is used;
@@ -329,27 +367,228 @@ int bmos_linear_f32(const float* x, int64_t M, int64_t K, int64_t ldx, const flo
     float* xs = (float*)malloc((size_t)(M * ld + M + (route ? M * E : 0)) * sizeof(float));
     if (xs == NULL) return -1;
     float* totals = xs + M * ld;
-    if (route) {
-        float* computed = totals + M;
-        for (int64_t m = 0; m < M; m++) router_softmax(x + m * ldx, router, E, K, computed + m * E);
-        gates = computed;
-    }
-    /* The prologue is M * K * E multiply-adds against M * N * K / 8 steps of the main loop: serial. */
-    for (int64_t m = 0; m < M; m++) {
-        const float* g = gates == NULL ? NULL : gates + m * E;
-        float* row = xs + m * ld;
-        float total = 0.0f;
-        for (int64_t k = 0; k < K; k++) {
-            row[k] = x[m * ldx + k] * mixed_scale(g, E, scale_in, K, k);
-            total += row[k];
-        }
-        for (int64_t k = K; k < ld; k++) row[k] = 0.0f;
-        totals[m] = total;
-    }
+    gates = prepare_activations(x, M, K, ldx, gates, E, router, scale_in, xs, ld, totals, totals + M);
     const linear_context context = {xs, totals, M, N, E, kb, ld, gates, scale_out, bias, packed, ldw, y, ldy};
     const int threads = M * N * K >= PARALLEL_MIN_WORK ? num_threads : 1;
     pool_run(linear_task, &context, (N + ROWS_PER_TASK - 1) / ROWS_PER_TASK, threads);
     free(xs);
+    return 0;
+}
+
+/*
+ * The same product with the scaled activations rounded to int8, one scale per token (the dynamic 8-bit activations
+ * of llama.cpp's quantized matmuls and of BitNet): codes q = round(xs * 127 / max|xs|), and
+ *
+ *     sum_k xs[k] * sign(W)[n, k] ~= (max|xs| / 127) * (2 * sum_{k : bit set} q[k] - sum_k q[k]),
+ *
+ * the sums exact in int32. With AVX-512 VNNI a 64-bit word of signs selects 64 codes at once: one masked move
+ * (ones where the bit is set) and one vpdpbusd add the selected codes into 16 int32 lanes, two instructions per 64
+ * weights where the float loop above needs four masked adds. Elsewhere a plain C loop computes the same integers.
+ */
+#if BMOS_AVX512 && defined(__AVX512VNNI__) && defined(__AVX512BW__)
+#define BMOS_Q8_VNNI 1
+#else
+#define BMOS_Q8_VNNI 0
+#endif
+/* Codes per step of the int8 product (one 64-bit word of signs); rows of codes are zero-padded to a multiple. */
+#define Q8_STEP 64
+/* Rows of weights and tokens handled together: 8 rows for one token, else up to 4 x 4 independent accumulators. */
+#define Q8_ROWS 8
+#define Q8_TILE 4
+/* Below this many weight bits times tokens, waking helper threads costs more than it saves (the int8 loop does
+ * about four times the work of the float loop per cycle, hence a larger bound than PARALLEL_MIN_WORK). */
+#define Q8_PARALLEL_MIN_WORK (1 << 21)
+
+/* 2 when the int8-activation product runs the AVX-512 VNNI loop, 0 for the plain C loop. */
+int bmos_q8_simd_path(void) { return BMOS_Q8_VNNI ? 2 : 0; }
+
+/* q (ldq) = round(xs * 127 / max|xs|) over ld columns, zero past them; returns the token's scale max|xs| / 127
+ * (0 for a zero row, NaN when xs holds a non-finite value) and writes the sum of the codes to *total. */
+static float quantize_token(const float* xs, int64_t ld, int8_t* q, int64_t ldq, int32_t* total) {
+    float largest = 0.0f;
+    int64_t k = 0;
+#if BMOS_Q8_VNNI
+    __m512 top = _mm512_setzero_ps();
+    for (; k + 16 <= ld; k += 16) top = _mm512_max_ps(top, _mm512_abs_ps(_mm512_loadu_ps(xs + k)));
+    largest = _mm512_reduce_max_ps(top);
+#endif
+    for (; k < ld; k++) largest = fmaxf(largest, fabsf(xs[k]));
+    memset(q, 0, (size_t)ldq);
+    *total = 0;
+    if (!(largest <= INFINITY) || largest == INFINITY) return NAN; /* NaN or infinity among the activations */
+    if (largest == 0.0f) return 0.0f;
+    const float inverse = 127.0f / largest;
+    int32_t sum = 0;
+    k = 0;
+#if BMOS_Q8_VNNI
+    /* cvtps rounds to nearest even, as nearbyintf does in the default rounding mode */
+    __m512i sums = _mm512_setzero_si512();
+    for (; k + 16 <= ld; k += 16) {
+        const __m512i codes = _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_loadu_ps(xs + k), _mm512_set1_ps(inverse)));
+        _mm_storeu_si128((__m128i*)(q + k), _mm512_cvtsepi32_epi8(codes));
+        sums = _mm512_add_epi32(sums, codes);
+    }
+    sum = _mm512_reduce_add_epi32(sums);
+#endif
+    for (; k < ld; k++) {
+        const int32_t code = (int32_t)nearbyintf(xs[k] * inverse);
+        q[k] = (int8_t)code;
+        sum += code;
+    }
+    *total = sum;
+    return largest / 127.0f;
+}
+
+/* sums[r * Q8_TILE + m] = sum of the codes of token m over the set bits of row r, for `rows` rows of signs
+ * (stride ldw, kb bytes each) and `mt` tokens of codes (stride ldq). */
+ALWAYS_INLINE void selected_codes(const int8_t* q, int64_t ldq, const int mt, const uint8_t* w, int64_t ldw,
+                                  const int rows, int64_t kb, int32_t* sums) {
+#if BMOS_Q8_VNNI
+    const __m512i ones = _mm512_set1_epi8(1);
+    __m512i acc[Q8_ROWS][Q8_TILE];
+    for (int r = 0; r < rows; r++)
+        for (int m = 0; m < mt; m++) acc[r][m] = _mm512_setzero_si512();
+    const int64_t words = kb / 8;
+    for (int64_t s = 0; s < words; s++) {
+        __m512i codes[Q8_TILE];
+        for (int m = 0; m < mt; m++) codes[m] = _mm512_loadu_si512(q + m * ldq + Q8_STEP * s);
+        for (int r = 0; r < rows; r++) {
+            uint64_t word; /* little-endian: bit j is column 64 * s + j */
+            memcpy(&word, w + r * ldw + 8 * s, 8);
+            const __m512i selected = _mm512_maskz_mov_epi8((__mmask64)word, ones);
+            for (int m = 0; m < mt; m++) acc[r][m] = _mm512_dpbusd_epi32(acc[r][m], selected, codes[m]);
+        }
+    }
+    if (kb > 8 * words) { /* the last bytes of each row, as a word zero past the row */
+        const size_t left = (size_t)(kb - 8 * words);
+        for (int r = 0; r < rows; r++) {
+            uint64_t word = 0;
+            memcpy(&word, w + r * ldw + 8 * words, left);
+            const __m512i selected = _mm512_maskz_mov_epi8((__mmask64)word, ones);
+            for (int m = 0; m < mt; m++)
+                acc[r][m] = _mm512_dpbusd_epi32(acc[r][m], selected,
+                                                _mm512_loadu_si512(q + m * ldq + Q8_STEP * words));
+        }
+    }
+    for (int m = 0; m < mt; m++) {
+        if (rows % 4 == 0) {
+            for (int r = 0; r < rows; r += 4) { /* four rows' lane sums at once: three horizontal adds */
+                __m256i half[4];
+                for (int i = 0; i < 4; i++)
+                    half[i] = _mm256_add_epi32(_mm512_castsi512_si256(acc[r + i][m]),
+                                               _mm512_extracti64x4_epi64(acc[r + i][m], 1));
+                const __m256i quad = _mm256_hadd_epi32(_mm256_hadd_epi32(half[0], half[1]),
+                                                       _mm256_hadd_epi32(half[2], half[3]));
+                const __m128i four = _mm_add_epi32(_mm256_castsi256_si128(quad), _mm256_extracti128_si256(quad, 1));
+                int32_t lanes[4];
+                _mm_storeu_si128((__m128i*)lanes, four);
+                for (int i = 0; i < 4; i++) sums[(r + i) * Q8_TILE + m] = lanes[i];
+            }
+        } else {
+            for (int r = 0; r < rows; r++) sums[r * Q8_TILE + m] = _mm512_reduce_add_epi32(acc[r][m]);
+        }
+    }
+#else
+    (void)ldq;
+    for (int r = 0; r < rows; r++)
+        for (int m = 0; m < mt; m++) {
+            const int8_t* codes = q + m * ldq;
+            int32_t sum = 0;
+            for (int64_t b = 0; b < kb; b++) {
+                const int bits = w[r * ldw + b];
+                for (int j = 0; j < 8; j++) sum += ((bits >> j) & 1) ? codes[8 * b + j] : 0;
+            }
+            sums[r * Q8_TILE + m] = sum;
+        }
+#endif
+}
+
+/* What every task of one bmos_linear_q8_f32 call reads (and the output it writes). */
+typedef struct {
+    const int8_t* q;       /* (M, ldq) codes */
+    const float* qscale;   /* (M,) */
+    const int32_t* qtotal; /* (M,) */
+    int64_t M, N, E, kb, ldq;
+    const float* gates;
+    const float* scale_out;
+    const float* bias;
+    const uint8_t* packed;
+    int64_t ldw;
+    float* y;
+    int64_t ldy;
+} q8_context;
+
+/* Output rows [ROWS_PER_TASK * task, ...) for every token. */
+static void q8_task(const void* opaque, int64_t task) {
+    const q8_context* c = (const q8_context*)opaque;
+    const int64_t n_end = task_end(task, c->N);
+    int32_t sums[Q8_ROWS * Q8_TILE];
+    for (int64_t n = task * ROWS_PER_TASK; n < n_end;) {
+        const int64_t left = n_end - n;
+        const int rows = c->M == 1 && left >= 8 ? 8 : (left >= 4 ? 4 : 1);
+        const uint8_t* w = c->packed + n * c->ldw;
+        for (int64_t m = 0; m < c->M;) {
+            const int mt = c->M - m >= 4 ? 4 : (c->M - m >= 2 ? 2 : 1);
+            const int8_t* q = c->q + m * c->ldq;
+            /* constant tile shapes, so that the accumulators stay in registers */
+            if (rows == 8) {
+                selected_codes(q, c->ldq, 1, w, c->ldw, 8, c->kb, sums);
+            } else if (rows == 4) {
+                switch (mt) {
+                    case 4: selected_codes(q, c->ldq, 4, w, c->ldw, 4, c->kb, sums); break;
+                    case 2: selected_codes(q, c->ldq, 2, w, c->ldw, 4, c->kb, sums); break;
+                    default: selected_codes(q, c->ldq, 1, w, c->ldw, 4, c->kb, sums); break;
+                }
+            } else {
+                switch (mt) {
+                    case 4: selected_codes(q, c->ldq, 4, w, c->ldw, 1, c->kb, sums); break;
+                    case 2: selected_codes(q, c->ldq, 2, w, c->ldw, 1, c->kb, sums); break;
+                    default: selected_codes(q, c->ldq, 1, w, c->ldw, 1, c->kb, sums); break;
+                }
+            }
+            for (int r = 0; r < rows; r++)
+                for (int i = 0; i < mt; i++) {
+                    const int64_t token = m + i, row = n + r;
+                    const float* g = c->gates == NULL ? NULL : c->gates + token * c->E;
+                    float v = c->qscale[token] * (float)(2 * sums[r * Q8_TILE + i] - c->qtotal[token]);
+                    v *= mixed_scale(g, c->E, c->scale_out, c->N, row);
+                    if (c->bias != NULL) v += c->bias[row];
+                    c->y[token * c->ldy + row] = v;
+                }
+            m += mt;
+        }
+        n += rows;
+    }
+}
+
+/*
+ * bmos_linear_f32 (same arguments, same result up to the rounding of the activations) with the scaled activations
+ * x * s_in rounded to int8 per token before the product with the signs. Returns 0, or -1 when scratch memory
+ * cannot be allocated.
+ */
+int bmos_linear_q8_f32(const float* x, int64_t M, int64_t K, int64_t ldx, const float* gates, int64_t E,
+                       const float* router, const float* scale_in, const float* scale_out, const float* bias,
+                       const uint8_t* packed, int64_t N, int64_t ldw, float* y, int64_t ldy, int num_threads) {
+    if (M == 0 || N == 0) return 0;
+    const int64_t kb = (K + 7) / 8;
+    const int64_t ld = kb * 8;
+    const int64_t ldq = (ld + Q8_STEP - 1) / Q8_STEP * Q8_STEP;
+    const int route = gates == NULL && router != NULL;
+    const size_t floats = (size_t)(M * ld + 2 * M + (route ? M * E : 0));
+    /* one block: floats (xs, totals, scales, computed gates), then int32 code totals, then the codes */
+    char* scratch = (char*)malloc(floats * sizeof(float) + (size_t)M * sizeof(int32_t) + (size_t)(M * ldq) + 64);
+    if (scratch == NULL) return -1;
+    float* xs = (float*)scratch;
+    float* totals = xs + M * ld;
+    float* qscale = totals + M;
+    int32_t* qtotal = (int32_t*)(xs + floats);
+    int8_t* q = (int8_t*)(qtotal + M);
+    gates = prepare_activations(x, M, K, ldx, gates, E, router, scale_in, xs, ld, totals, qscale + M);
+    for (int64_t m = 0; m < M; m++) qscale[m] = quantize_token(xs + m * ld, ld, q + m * ldq, ldq, qtotal + m);
+    const q8_context context = {q, qscale, qtotal, M, N, E, kb, ldq, gates, scale_out, bias, packed, ldw, y, ldy};
+    const int threads = M * N * K >= Q8_PARALLEL_MIN_WORK ? num_threads : 1;
+    pool_run(q8_task, &context, (N + ROWS_PER_TASK - 1) / ROWS_PER_TASK, threads);
+    free(scratch);
     return 0;
 }
 

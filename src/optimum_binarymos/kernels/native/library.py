@@ -21,7 +21,7 @@ from ...packing import (
 )
 
 #: Must match ABI_VERSION in binarymos_cpu.c; a cached library built from another version is refused.
-ABI_VERSION = 3
+ABI_VERSION = 4
 
 _I64 = ctypes.c_int64
 _PTR = ctypes.c_void_p
@@ -95,6 +95,9 @@ class NativeKernels:
             _PTR, _I64, _I64,  # packed, N, ldw
             _PTR, _I64, ctypes.c_int,  # y, ldy, threads
         ]  # fmt: skip
+        self._lib.bmos_linear_q8_f32.restype = ctypes.c_int
+        self._lib.bmos_linear_q8_f32.argtypes = self._lib.bmos_linear_f32.argtypes
+        self._lib.bmos_q8_simd_path.restype = ctypes.c_int
         self._lib.bmos_int8_linear_f32.restype = None
         self._lib.bmos_int8_linear_f32.argtypes = [
             _PTR, _I64, _I64, _I64,  # x, M, K, ldx
@@ -120,6 +123,17 @@ class NativeKernels:
         return ctypes.cast(self._lib.bmos_linear_f32, ctypes.c_void_p).value
 
     @property
+    def linear_q8_address(self) -> int:
+        """Address of ``bmos_linear_q8_f32`` (int8 activations), for the C++ operator of :mod:`.torch_op`."""
+        return ctypes.cast(self._lib.bmos_linear_q8_f32, ctypes.c_void_p).value
+
+    @property
+    def q8_simd(self) -> str:
+        """``"avx512_vnni"`` when the int8-activation product runs its AVX-512 VNNI loop, else ``"portable"`` (a
+        plain C loop: the same integers, several times slower)."""
+        return "avx512_vnni" if self._lib.bmos_q8_simd_path() == 2 else "portable"
+
+    @property
     def simd(self) -> str:
         """``"avx512"`` or ``"avx2"``: the vector inner loops compiled in (by ``-march=native``), else
         ``"portable"``."""
@@ -135,6 +149,7 @@ class NativeKernels:
         gates: torch.Tensor | None,
         bias: torch.Tensor | None,
         router: torch.Tensor | None = None,
+        activation_bits: int | None = None,
     ) -> torch.Tensor:
         """``((x * s_in) @ sign(W)^T) * s_out + bias`` with the mixture of scales fused, all in float32.
 
@@ -149,6 +164,8 @@ class NativeKernels:
             bias: ``(N,)`` float32 or None.
             router: ``(E, K)`` float32 contiguous router weight: the kernel computes the gates,
                 ``softmax(x @ router^T)``, itself (``gates`` is then None).
+            activation_bits: None, or 8 to round ``x * s_in`` to int8 per token before the product
+                (``bmos_linear_q8_f32``; :func:`optimum_binarymos.kernels.quantize_activations` is its rounding).
 
         Returns:
             ``(M, N)`` float32.
@@ -175,8 +192,11 @@ class NativeKernels:
             _check_float32("gates", gates, (rows, experts))
         if bias is not None:
             _check_float32("bias", bias, (n,))
+        if activation_bits not in (None, 8):
+            raise ValueError(f"activation_bits must be None or 8, got {activation_bits!r}")
         y = torch.empty(rows, n, dtype=torch.float32)
-        status = self._lib.bmos_linear_f32(
+        kernel = self._lib.bmos_linear_f32 if activation_bits is None else self._lib.bmos_linear_q8_f32
+        status = kernel(
             x.data_ptr(), rows, in_features, x.stride(0),
             _pointer(gates), experts, _pointer(router),
             _pointer(scale_in), _pointer(scale_out), _pointer(bias),

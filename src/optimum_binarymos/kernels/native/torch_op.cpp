@@ -1,6 +1,7 @@
-// The native 1-bit linear as a C++ torch operator, optimum_binarymos_cpu::linear_f32: a packed layer's call at few
-// tokens goes from the dispatcher straight to bmos_linear_f32 (binarymos_cpu.c, loaded by library.py, which
-// checks its cache and ABI), without Python in between. The kernel's address is handed over once (set_kernel).
+// The native 1-bit linear as C++ torch operators, optimum_binarymos_cpu::linear_f32 and ::linear_q8 (activations
+// rounded to int8 per token): a packed layer's call goes from the dispatcher straight to bmos_linear_f32 or
+// bmos_linear_q8_f32 (binarymos_cpu.c, loaded by library.py, which checks its cache and ABI), without Python in
+// between. The kernels' addresses are handed over once (set_kernel, set_kernel_q8).
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -15,9 +16,15 @@ using linear_fn = int (*)(const float* x, int64_t M, int64_t K, int64_t ldx, con
                           const uint8_t* packed, int64_t N, int64_t ldw, float* y, int64_t ldy, int num_threads);
 
 std::atomic<linear_fn> kernel{nullptr};
+std::atomic<linear_fn> kernel_q8{nullptr};
 
 int64_t set_kernel(int64_t address) {
     kernel.store(reinterpret_cast<linear_fn>(address));
+    return 0;
+}
+
+int64_t set_kernel_q8(int64_t address) {
+    kernel_q8.store(reinterpret_cast<linear_fn>(address));
     return 0;
 }
 
@@ -28,11 +35,10 @@ void check_table(const at::Tensor& t, const char* name, int64_t rows, int64_t co
 }
 
 // y (M, N) = ((x * s_in) @ sign(W)^T) * s_out + bias, the gates computed from the router (E > 1) in the kernel.
-at::Tensor linear_f32(const at::Tensor& x, const at::Tensor& packed, int64_t in_features, const at::Tensor& scale_in,
-                      const at::Tensor& scale_out, const std::optional<at::Tensor>& bias,
+at::Tensor run_linear(linear_fn run, const at::Tensor& x, const at::Tensor& packed, int64_t in_features,
+                      const at::Tensor& scale_in, const at::Tensor& scale_out, const std::optional<at::Tensor>& bias,
                       const std::optional<at::Tensor>& router) {
-    const linear_fn run = kernel.load();
-    TORCH_CHECK(run != nullptr, "optimum_binarymos_cpu::linear_f32: the native kernel was not handed over");
+    TORCH_CHECK(run != nullptr, "optimum_binarymos_cpu: the native kernel was not handed over");
     TORCH_CHECK(x.scalar_type() == at::kFloat && x.device().is_cpu() && x.dim() == 2 && x.stride(1) == 1 &&
                     x.size(1) == in_features,
                 "x must be a 2-D float32 CPU tensor with unit column stride and ", in_features, " columns");
@@ -63,12 +69,30 @@ at::Tensor linear_f32(const at::Tensor& x, const at::Tensor& packed, int64_t in_
     return y;
 }
 
+at::Tensor linear_f32(const at::Tensor& x, const at::Tensor& packed, int64_t in_features, const at::Tensor& scale_in,
+                      const at::Tensor& scale_out, const std::optional<at::Tensor>& bias,
+                      const std::optional<at::Tensor>& router) {
+    return run_linear(kernel.load(), x, packed, in_features, scale_in, scale_out, bias, router);
+}
+
+at::Tensor linear_q8(const at::Tensor& x, const at::Tensor& packed, int64_t in_features, const at::Tensor& scale_in,
+                     const at::Tensor& scale_out, const std::optional<at::Tensor>& bias,
+                     const std::optional<at::Tensor>& router) {
+    return run_linear(kernel_q8.load(), x, packed, in_features, scale_in, scale_out, bias, router);
+}
+
 }  // namespace
 
 TORCH_LIBRARY(optimum_binarymos_cpu, m) {
     m.def("set_kernel(int address) -> int", &set_kernel);
+    m.def("set_kernel_q8(int address) -> int", &set_kernel_q8);
     m.def("linear_f32(Tensor x, Tensor packed, SymInt in_features, Tensor scale_in, Tensor scale_out, Tensor? bias, "
+          "Tensor? router) -> Tensor");
+    m.def("linear_q8(Tensor x, Tensor packed, SymInt in_features, Tensor scale_in, Tensor scale_out, Tensor? bias, "
           "Tensor? router) -> Tensor");
 }
 
-TORCH_LIBRARY_IMPL(optimum_binarymos_cpu, CPU, m) { m.impl("linear_f32", &linear_f32); }
+TORCH_LIBRARY_IMPL(optimum_binarymos_cpu, CPU, m) {
+    m.impl("linear_f32", &linear_f32);
+    m.impl("linear_q8", &linear_q8);
+}

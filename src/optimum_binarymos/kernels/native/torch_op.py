@@ -80,6 +80,7 @@ def native_linear_op():
         _build_and_load(default_cache_dir() / "kernels" / f"torch-op-{key}", f"optimum_binarymos_cpu_{key}")
         operator = torch.ops.optimum_binarymos_cpu.linear_f32.default
         torch.ops.optimum_binarymos_cpu.set_kernel(kernels.linear_address)
+        torch.ops.optimum_binarymos_cpu.set_kernel_q8(kernels.linear_q8_address)
     except Exception as error:  # noqa: BLE001 - any build or load failure keeps the ctypes path, and says why
         warnings.warn(
             "optimum_binarymos: the native kernel's torch operator could not be built, packed layers call the "
@@ -89,8 +90,17 @@ def native_linear_op():
         )
         return None
     torch.library.register_fake("optimum_binarymos_cpu::linear_f32")(_fake_linear)
+    torch.library.register_fake("optimum_binarymos_cpu::linear_q8")(_fake_linear)
     logger.info("native kernel operator loaded (build key %s)", key)
     return operator
+
+
+def native_linear_q8_op():
+    """``torch.ops.optimum_binarymos_cpu.linear_q8.default``: :func:`native_linear_op` with the scaled activations
+    rounded to int8 per token (``bmos_linear_q8_f32``), same arguments; None where that operator is None."""
+    if native_linear_op() is None:
+        return None
+    return torch.ops.optimum_binarymos_cpu.linear_q8.default
 
 
 def _fake_linear(x, packed, in_features, scale_in, scale_out, bias, router):
