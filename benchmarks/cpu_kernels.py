@@ -120,6 +120,13 @@ def packed_layer(in_features: int, out_features: int, num_experts: int) -> Packe
     return layer.requires_grad_(False)
 
 
+def int8_views(layers) -> list[PackedBinaryMoSLinear]:
+    """Shallow copies of packed layers with ``activation_bits=8``, sharing their tensors (no extra memory)."""
+    views = [copy.copy(layer) for layer in layers]
+    set_activation_bits(nn.ModuleList(views), 8)
+    return views
+
+
 def weight_bytes(module: nn.Module) -> int:
     return sum(t.numel() * t.element_size() for t in [*module.parameters(), *module.buffers()])
 
@@ -157,8 +164,7 @@ def measure(args: argparse.Namespace) -> list[list[str]]:
     k, n = args.in_features, args.out_features
     dense = nn.Linear(k, n, bias=False, dtype=torch.float32).requires_grad_(False)
     packed = {experts: packed_layer(k, n, experts) for experts in args.num_experts}
-    packed_int8 = {experts: copy.deepcopy(layer) for experts, layer in packed.items()}
-    set_activation_bits(nn.ModuleList(packed_int8.values()), 8)
+    packed_int8 = dict(zip(packed, int8_views(packed.values())))
     dense_bytes = weight_bytes(dense)
     rows = []
     for tokens in args.tokens:
@@ -302,17 +308,15 @@ def measure_bandwidth(args: argparse.Namespace) -> tuple[list[list[str]], list[s
             kernels.linear(x, weight, k, scale_in, scale_out, gates, None, activation_bits=8)
 
     def forward_sweep_int8():
-        set_activation_bits(layers_int8, 8)
-        for layer in layers:
+        for layer in layers_int8:
             layer(x)
-        set_activation_bits(layers_int8, None)
 
     def kernel_hot_int8():
         weight, scale_in, scale_out, gates = calls[0]
         for _ in range(count):
             kernels.linear(x, weight, k, scale_in, scale_out, gates, None, activation_bits=8)
 
-    layers_int8 = nn.ModuleList(layers)
+    layers_int8 = int8_views(layers)
 
     source = torch.ones(args.stream_mib * 2**20 // 4)
     target = torch.empty_like(source)

@@ -73,6 +73,19 @@ def test_portable_int8_loop_is_exact_on_the_grid(tmp_path):
     kernels = NativeKernels(build_library(cache_dir=tmp_path, extra_flags=("-DBINARYMOS_PORTABLE",)))
     assert kernels.q8_simd == "portable"
     _check_integer_cases(kernels)
+    _check_non_finite_tokens(kernels)
+
+
+def _check_non_finite_tokens(kernels: NativeKernels) -> None:
+    x = torch.randn(3, 100)
+    x[0, 37], x[2, 5] = float("nan"), float("inf")
+    y = kernels.linear(x, pack_signs(torch.randn(8, 100)), 100, None, None, None, None, activation_bits=8)
+    assert torch.isnan(y[0]).all() and torch.isnan(y[2]).all()  # a NaN is not lost by the largest-value search
+    assert torch.isfinite(y[1]).all()
+
+
+def test_native_int8_kernel_gives_nan_for_non_finite_tokens():
+    _check_non_finite_tokens(native_kernels())
 
 
 @pytest.mark.parametrize("tokens", [1, 6, 70])

@@ -191,18 +191,16 @@ class ActivationBitsMixin:
     (:func:`optimum_binarymos.kernels.set_activation_bits` sets a whole model).
     """
 
-    _activation_bits: int | None = None
-    _activation_bits_chosen: bool = False
+    #: The chosen value, or the class default ``"environment"`` until chosen or first used.
+    _activation_bits: int | str | None = "environment"
 
     @property
     def activation_bits(self) -> int | None:
         """None or 8: the precision of the activations entering this layer's product with the signs."""
-        if not self._activation_bits_chosen:
+        if self._activation_bits == "environment":
             self._activation_bits = requested_activation_bits()
-            self._activation_bits_chosen = True
         return self._activation_bits
 
     @activation_bits.setter
     def activation_bits(self, bits: int | str | None) -> None:
         self._activation_bits = validate_activation_bits(bits)
-        self._activation_bits_chosen = True

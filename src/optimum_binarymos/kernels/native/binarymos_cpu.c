@@ -269,6 +269,13 @@ ALWAYS_INLINE float mixed_scale(const float* g, int64_t e_count, const float* ta
     return s;
 }
 
+/* One output of a 1-bit product: the signed sum times the token's mixed output scale, plus the bias. */
+ALWAYS_INLINE float scaled_output(float sum, const float* g, int64_t E, const float* scale_out, int64_t N,
+                                  const float* bias, int64_t n) {
+    const float v = sum * mixed_scale(g, E, scale_out, N, n);
+    return bias == NULL ? v : v + bias[n];
+}
+
 /* What every task of one bmos_linear_f32 call reads (and the output it writes). */
 typedef struct {
     const float* xs;     /* (M, ld) scaled activations, zero-padded */
@@ -303,9 +310,7 @@ static void linear_task(const void* opaque, int64_t task) {
             }
             for (int i = 0; i < mt; i++) {
                 const float* g = c->gates == NULL ? NULL : c->gates + (m + i) * c->E;
-                float v = sums[i] * mixed_scale(g, c->E, c->scale_out, c->N, n);
-                if (c->bias != NULL) v += c->bias[n];
-                c->y[(m + i) * c->ldy + n] = v;
+                c->y[(m + i) * c->ldy + n] = scaled_output(sums[i], g, c->E, c->scale_out, c->N, c->bias, n);
             }
             m += mt;
         }
@@ -403,8 +408,12 @@ int bmos_linear_f32(const float* x, int64_t M, int64_t K, int64_t ldx, const flo
 int bmos_q8_simd_path(void) { return BMOS_Q8_VNNI ? 2 : 0; }
 
 /* q (ldq) = round(xs * 127 / max|xs|) over ld columns, zero past them; returns the token's scale max|xs| / 127
- * (0 for a zero row, NaN when xs holds a non-finite value) and writes the sum of the codes to *total. */
-static float quantize_token(const float* xs, int64_t ld, int8_t* q, int64_t ldq, int32_t* total) {
+ * (0 for a zero row) and writes the sum of the codes to *total. `sum`, the float row sum of xs, tells a row holding
+ * a NaN or an infinity (max ignores NaN; the sum does not): its scale is NaN, so all its outputs are NaN. */
+static float quantize_token(const float* xs, int64_t ld, float sum, int8_t* q, int64_t ldq, int32_t* total) {
+    memset(q, 0, (size_t)ldq);
+    *total = 0;
+    if (!isfinite(sum)) return NAN;
     float largest = 0.0f;
     int64_t k = 0;
 #if BMOS_Q8_VNNI
@@ -413,12 +422,9 @@ static float quantize_token(const float* xs, int64_t ld, int8_t* q, int64_t ldq,
     largest = _mm512_reduce_max_ps(top);
 #endif
     for (; k < ld; k++) largest = fmaxf(largest, fabsf(xs[k]));
-    memset(q, 0, (size_t)ldq);
-    *total = 0;
-    if (!(largest <= INFINITY) || largest == INFINITY) return NAN; /* NaN or infinity among the activations */
     if (largest == 0.0f) return 0.0f;
     const float inverse = 127.0f / largest;
-    int32_t sum = 0;
+    int32_t codes_sum = 0;
     k = 0;
 #if BMOS_Q8_VNNI
     /* cvtps rounds to nearest even, as nearbyintf does in the default rounding mode */
@@ -428,14 +434,14 @@ static float quantize_token(const float* xs, int64_t ld, int8_t* q, int64_t ldq,
         _mm_storeu_si128((__m128i*)(q + k), _mm512_cvtsepi32_epi8(codes));
         sums = _mm512_add_epi32(sums, codes);
     }
-    sum = _mm512_reduce_add_epi32(sums);
+    codes_sum = _mm512_reduce_add_epi32(sums);
 #endif
     for (; k < ld; k++) {
         const int32_t code = (int32_t)nearbyintf(xs[k] * inverse);
         q[k] = (int8_t)code;
-        sum += code;
+        codes_sum += code;
     }
-    *total = sum;
+    *total = codes_sum;
     return largest / 127.0f;
 }
 
@@ -553,10 +559,8 @@ static void q8_task(const void* opaque, int64_t task) {
                 for (int i = 0; i < mt; i++) {
                     const int64_t token = m + i, row = n + r;
                     const float* g = c->gates == NULL ? NULL : c->gates + token * c->E;
-                    float v = c->qscale[token] * (float)(2 * sums[r * Q8_TILE + i] - c->qtotal[token]);
-                    v *= mixed_scale(g, c->E, c->scale_out, c->N, row);
-                    if (c->bias != NULL) v += c->bias[row];
-                    c->y[token * c->ldy + row] = v;
+                    const float sum = c->qscale[token] * (float)(2 * sums[r * Q8_TILE + i] - c->qtotal[token]);
+                    c->y[token * c->ldy + row] = scaled_output(sum, g, c->E, c->scale_out, c->N, c->bias, row);
                 }
             m += mt;
         }
@@ -587,7 +591,7 @@ int bmos_linear_q8_f32(const float* x, int64_t M, int64_t K, int64_t ldx, const 
     int32_t* qtotal = (int32_t*)(xs + floats);
     int8_t* q = (int8_t*)(qtotal + M);
     gates = prepare_activations(x, M, K, ldx, gates, E, router, scale_in, xs, ld, totals, qscale + M);
-    for (int64_t m = 0; m < M; m++) qscale[m] = quantize_token(xs + m * ld, ld, q + m * ldq, ldq, qtotal + m);
+    for (int64_t m = 0; m < M; m++) qscale[m] = quantize_token(xs + m * ld, ld, totals[m], q + m * ldq, ldq, qtotal + m);
     const q8_context context = {q, qscale, qtotal, M, N, E, kb, ldq, gates, scale_out, bias, packed, ldw, y, ldy};
     const int threads = M * N * K >= Q8_PARALLEL_MIN_WORK ? num_threads : 1;
     pool_run(q8_task, &context, (N + ROWS_PER_TASK - 1) / ROWS_PER_TASK, threads);
