@@ -164,7 +164,7 @@ def measure(args: argparse.Namespace) -> list[list[str]]:
     k, n = args.in_features, args.out_features
     dense = nn.Linear(k, n, bias=False, dtype=torch.float32).requires_grad_(False)
     packed = {experts: packed_layer(k, n, experts) for experts in args.num_experts}
-    packed_int8 = dict(zip(packed, int8_views(packed.values())))
+    packed_int8 = dict(zip(packed, int8_views(packed.values()), strict=True))
     dense_bytes = weight_bytes(dense)
     rows = []
     for tokens in args.tokens:
