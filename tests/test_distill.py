@@ -489,6 +489,17 @@ def test_resumed_run_matches_an_uninterrupted_one_and_checkpoints_stay_latent(tm
         assert torch.allclose(packed(tokens).logits, student(tokens).logits, atol=1e-5)
 
 
+def test_a_process_that_does_not_write_saves_nothing(tmp_path, monkeypatch):
+    """Under torchrun every rank calls save_model; only the writing one may touch the folder (no model card race)."""
+    teacher, student = tiny_pair()
+    trainer = DistillationTrainer(
+        model=student, teacher_model=teacher, args=tiny_args(tmp_path), train_dataset=random_blocks()
+    )
+    monkeypatch.setattr(type(trainer.args), "should_save", property(lambda args: False))
+    trainer.save_model(str(tmp_path / "final"))
+    assert not (tmp_path / "final").exists()
+
+
 def test_hidden_state_tap_matches_output_hidden_states_under_checkpointing():
     _, student = tiny_pair()
     student.train()

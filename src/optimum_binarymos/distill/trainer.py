@@ -258,7 +258,8 @@ class DistillationTrainer(Trainer):
         form = latent_saving(student) if self._writing_checkpoint else contextlib.nullcontext()
         with form, _saving_state_dict(student, state_dict):
             super()._save(output_dir, state_dict)
-        if not self._writing_checkpoint:  # a checkpoint is for resuming; a final save is a model to share
+        # A checkpoint is for resuming; a final save is a model to share. Only the writing process has the folder.
+        if not self._writing_checkpoint and self.args.should_save:
             write_model_card(student, output_dir or self.args.output_dir)
 
     def create_model_card(self, *args: Any, **kwargs: Any) -> None:
