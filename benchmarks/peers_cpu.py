@@ -7,8 +7,10 @@ packed in memory: OneBit (1 expert), BinaryMoS (4 experts), BinaryMoS with 8-bit
 (``embedding_bits=8``, and ``4`` compiled) and ternary, their float parts in float32. Rows marked "compiled" decode through
 ``torch.compile(model.forward, dynamic=False)`` with a ``StaticCache`` (the recipe transformers documents for
 static-cache generation; the packed kernels are torch operators, so the graph holds them); their compilation runs
-in an untimed warm-up, reported apart. The packed models are not distilled: speed does
-not depend on the values of the weights (a distilled model runs the same kernels on the same shapes).
+in an untimed warm-up, reported apart. The packed models run ``attn_implementation="binarymos_sdpa"``
+(:mod:`optimum_binarymos.integrations.attention`, which a compiled decode step needs to avoid copying the cache). The
+packed models are not distilled: speed does not depend on the values of the weights (a distilled model runs the same
+kernels on the same shapes).
 
 Every model gets the same token ids. Per model, thread count and round:
 
@@ -55,6 +57,7 @@ from transformers import AutoModelForCausalLM, DynamicCache, StaticCache
 import optimum_binarymos
 from optimum_binarymos import BinaryMoSConfig, TernaryConfig, convert_model, pack_model
 from optimum_binarymos.hardware import cpu_info
+from optimum_binarymos.integrations.attention import ATTENTION_NAME
 from optimum_binarymos.kernels import set_activation_bits
 from optimum_binarymos.kernels.native import native_kernels
 
@@ -160,6 +163,7 @@ def load_torch_model(name: str, folder: Path | None, seed: int) -> nn.Module:
         model = AutoModelForCausalLM.from_pretrained(folder, **kwargs)
     if make_config is not None:
         pack_model(model)
+        model.set_attn_implementation(ATTENTION_NAME)
     if "int8 activations" in name:
         set_activation_bits(model, 8)
     return model.eval().requires_grad_(False)

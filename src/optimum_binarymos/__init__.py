@@ -9,6 +9,7 @@ from .calibration import CalibrationReport, calibrate_model
 from .convert import convert_model, modules_to_convert, pack_model
 from .footprint import Footprint, estimate_footprint, model_footprint
 from .hub import push_to_hub, record_base_model, record_evaluation, render_model_card, save_pretrained
+from .integrations import attention as _attention  # noqa: F401  registers attn_implementation="binarymos_sdpa"
 from .integrations import register_peft  # noqa: F401  deprecated, kept importable for one release
 from .methods.binarymos import BinaryMoSConfig, BinaryMoSHfQuantizer
 from .methods.lifecycle import latent_saving
