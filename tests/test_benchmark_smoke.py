@@ -48,6 +48,16 @@ def test_peer_benchmark_smoke_run_writes_its_table_and_plot(tmp_path):
     assert figure.stat().st_size > 0
 
 
+def test_compiled_decode_profile_smoke_run_lists_the_packed_operator(tmp_path):
+    output = tmp_path / "profile.md"
+    run_script(
+        "profile_compiled_decode.py", "--tiny", "--steps", "2", "--prompt-tokens", "8", "--output", str(output)
+    )  # fmt: skip
+    report = output.read_text()
+    assert "random LLaMA" in report and "attention `binarymos_sdpa`" in report
+    assert "optimum_binarymos_cpu::linear_q8" in report  # the int8-activation C++ operator ran inside the graph
+
+
 def test_embedding_bits_smoke_run_reports_sizes_and_perplexities(tmp_path):
     output = tmp_path / "embedding_bits.md"
     run_script(
