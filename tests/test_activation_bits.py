@@ -76,6 +76,15 @@ def test_portable_int8_loop_is_exact_on_the_grid(tmp_path):
     _check_non_finite_tokens(kernels)
 
 
+def test_avx2_int8_loop_is_exact_on_the_grid(tmp_path):
+    """Built without the AVX-512 loops: the AVX2 int8 loop on any AVX2 CPU (what AVX2-only CPUs run; on an AVX-512
+    machine this is its only test), the portable one on an older CPU."""
+    kernels = NativeKernels(build_library(cache_dir=tmp_path, extra_flags=("-DBINARYMOS_NO_AVX512",)))
+    assert kernels.q8_simd == ("avx2" if native_kernels().simd in ("avx512", "avx2") else "portable")
+    _check_integer_cases(kernels)
+    _check_non_finite_tokens(kernels)
+
+
 def _check_non_finite_tokens(kernels: NativeKernels) -> None:
     x = torch.randn(3, 100)
     x[0, 37], x[2, 5] = float("nan"), float("inf")

@@ -58,6 +58,14 @@ def test_compiled_decode_profile_smoke_run_lists_the_packed_operator(tmp_path):
     assert "optimum_binarymos_cpu::linear_q8" in report  # the int8-activation C++ operator ran inside the graph
 
 
+def test_int8_loop_benchmark_smoke_run_times_both_builds(tmp_path):
+    output = tmp_path / "loops.md"
+    run_script("int8_loops_cpu.py", "--tiny", "--budget-ms", "5", "--output", str(output))
+    report = output.read_text()
+    assert "| default (" in report and "| without AVX-512 (" in report
+    assert report.count("x |") == 4  # a ratio for each build and shape
+
+
 def test_embedding_bits_smoke_run_reports_sizes_and_perplexities(tmp_path):
     output = tmp_path / "embedding_bits.md"
     run_script(

@@ -398,7 +398,9 @@ int bmos_linear_f32(const float* x, int64_t M, int64_t K, int64_t ldx, const flo
  *
  * the sums exact in int32. With AVX-512 VNNI a 64-bit word of signs selects 64 codes at once: one masked move
  * (ones where the bit is set) and one vpdpbusd add the selected codes into 16 int32 lanes, two instructions per 64
- * weights where the float loop above needs four masked adds. Elsewhere a plain C loop computes the same integers.
+ * weights where the float loop above needs four masked adds. With AVX2 only, 32 signs are spread to 32 bytes of 0 or
+ * 1 (one shuffle, one and, one min) and vpmaddubsw / vpmaddwd add the selected codes into 8 int32 lanes. Elsewhere a
+ * plain C loop computes the same integers.
  */
 #if BMOS_AVX512 && defined(__AVX512VNNI__) && defined(__AVX512BW__)
 #define BMOS_Q8_VNNI 1
@@ -414,8 +416,8 @@ int bmos_linear_f32(const float* x, int64_t M, int64_t K, int64_t ldx, const flo
  * about four times the work of the float loop per cycle, hence a larger bound than PARALLEL_MIN_WORK). */
 #define Q8_PARALLEL_MIN_WORK (1 << 21)
 
-/* 2 when the int8-activation product runs the AVX-512 VNNI loop, 0 for the plain C loop. */
-int bmos_q8_simd_path(void) { return BMOS_Q8_VNNI ? 2 : 0; }
+/* 2 when the int8-activation product runs the AVX-512 VNNI loop, 1 for the AVX2 loop, 0 for the plain C loop. */
+int bmos_q8_simd_path(void) { return BMOS_Q8_VNNI ? 2 : BMOS_AVX2; }
 
 /* q (ldq) = round(xs * 127 / max|xs|) over ld columns, zero past them; returns the token's scale max|xs| / 127
  * (0 for a zero row) and writes the sum of the codes to *total. `sum`, the float row sum of xs, tells a row holding
@@ -507,6 +509,43 @@ ALWAYS_INLINE void selected_codes(const int8_t* q, int64_t ldq, const int mt, co
             for (int r = 0; r < rows; r++) sums[r * Q8_TILE + m] = _mm512_reduce_add_epi32(acc[r][m]);
         }
     }
+#elif BMOS_AVX2
+    /* byte j of a 32-bit word of signs goes to lanes 8j .. 8j + 7 (the broadcast word is in both 128-bit halves) */
+    const __m256i spread = _mm256_setr_epi8(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1,
+                                            2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3);
+    const __m256i lane_bit = _mm256_set1_epi64x((long long)0x8040201008040201ULL);
+    const __m256i ones8 = _mm256_set1_epi8(1), ones16 = _mm256_set1_epi16(1);
+    __m256i acc[Q8_ROWS][Q8_TILE];
+    for (int r = 0; r < rows; r++)
+        for (int m = 0; m < mt; m++) acc[r][m] = _mm256_setzero_si256();
+    const int64_t steps = (kb + 3) / 4; /* 32 codes each; codes are zero past the row, up to ldq */
+    for (int64_t s = 0; s < steps; s++) {
+        __m256i codes[Q8_TILE];
+        for (int m = 0; m < mt; m++) codes[m] = _mm256_loadu_si256((const __m256i*)(q + m * ldq + 32 * s));
+        const int whole = kb - 4 * s >= 4; /* the last word of a row may be partial: never read past its bytes */
+        for (int r = 0; r < rows; r++) {
+            uint32_t word = 0; /* little-endian: bit j is column 32 * s + j */
+            if (whole) {
+                memcpy(&word, w + r * ldw + 4 * s, 4);
+            } else {
+                memcpy(&word, w + r * ldw + 4 * s, (size_t)(kb - 4 * s));
+            }
+            if (s % 16 == 0) __builtin_prefetch(w + (r + 2 * rows) * ldw + 4 * s);
+            const __m256i bits = _mm256_and_si256(_mm256_shuffle_epi8(_mm256_set1_epi32((int)word), spread), lane_bit);
+            const __m256i selected = _mm256_min_epu8(bits, ones8); /* 1 where the sign bit is set, else 0 */
+            for (int m = 0; m < mt; m++) {
+                const __m256i pairs = _mm256_maddubs_epi16(selected, codes[m]); /* |pair| <= 254: no saturation */
+                acc[r][m] = _mm256_add_epi32(acc[r][m], _mm256_madd_epi16(pairs, ones16));
+            }
+        }
+    }
+    for (int r = 0; r < rows; r++)
+        for (int m = 0; m < mt; m++) {
+            __m128i v = _mm_add_epi32(_mm256_castsi256_si128(acc[r][m]), _mm256_extracti128_si256(acc[r][m], 1));
+            v = _mm_hadd_epi32(v, v);
+            v = _mm_hadd_epi32(v, v);
+            sums[r * Q8_TILE + m] = _mm_cvtsi128_si32(v);
+        }
 #else
     (void)ldq;
     for (int r = 0; r < rows; r++)

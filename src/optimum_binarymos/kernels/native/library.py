@@ -129,9 +129,9 @@ class NativeKernels:
 
     @property
     def q8_simd(self) -> str:
-        """``"avx512_vnni"`` when the int8-activation product runs its AVX-512 VNNI loop, else ``"portable"`` (a
+        """``"avx512_vnni"`` or ``"avx2"``: the vector loop of the int8-activation product, else ``"portable"`` (a
         plain C loop: the same integers, several times slower)."""
-        return "avx512_vnni" if self._lib.bmos_q8_simd_path() == 2 else "portable"
+        return {2: "avx512_vnni", 1: "avx2"}.get(self._lib.bmos_q8_simd_path(), "portable")
 
     @property
     def simd(self) -> str:
