@@ -70,53 +70,31 @@ def packed_linear(
     kernels = native_kernels() if use_native and x.device.type == "cpu" else None
     if packed.stride(-1) != 1:
         packed = packed.contiguous()
-    if activation_bits is not None:
-        return _int8_activations_linear(x, packed, in_features, scale_in, scale_out, gates, bias, kernels, router_weight)
-    if kernels is not None and x.dtype == torch.float32 and x.shape[0] <= NATIVE_MAX_TOKENS:
-        if x.stride(-1) != 1:
-            x = x.contiguous()
-        return kernels.linear(
-            x, packed, in_features, float32_contiguous(scale_in), float32_contiguous(scale_out),
-            float32_contiguous(gates), float32_contiguous(bias), float32_contiguous(router_weight),
-        )  # fmt: skip
-    if gates is None and router_weight is not None:
-        gates = router_gates(x, router_weight)
-    s_in, s_out = mixed_scales(gates, scale_in, scale_out, x.dtype)
-    y = signed_sums(x * s_in, packed, in_features, kernels) * s_out
-    if bias is not None:
-        y = y + bias.to(x.dtype)
-    return y
-
-
-def _int8_activations_linear(
-    x: torch.Tensor,
-    packed: torch.Tensor,
-    in_features: int,
-    scale_in: torch.Tensor,
-    scale_out: torch.Tensor,
-    gates: torch.Tensor | None,
-    bias: torch.Tensor | None,
-    kernels: NativeKernels | None,
-    router_weight: torch.Tensor | None,
-) -> torch.Tensor:
-    """:func:`packed_linear` with ``activation_bits=8``: the native int8 kernel on CPU (in float32, any number of
-    tokens), else the rounding in torch followed by the float product."""
-    if kernels is not None:
+    # The native kernel: float32 with few tokens, or any number of tokens with int8 activations (it beats unpacking
+    # and a float matmul at every M); it computes in float32 whatever x's dtype.
+    if kernels is not None and (
+        activation_bits is not None or (x.dtype == torch.float32 and x.shape[0] <= NATIVE_MAX_TOKENS)
+    ):
         flat = x.to(torch.float32)
         if flat.stride(-1) != 1:
             flat = flat.contiguous()
         y = kernels.linear(
             flat, packed, in_features, float32_contiguous(scale_in), float32_contiguous(scale_out),
-            float32_contiguous(gates), float32_contiguous(bias), float32_contiguous(router_weight), activation_bits=8,
+            float32_contiguous(gates), float32_contiguous(bias), float32_contiguous(router_weight),
+            activation_bits=activation_bits,
         )  # fmt: skip
         return y.to(x.dtype)
     if gates is None and router_weight is not None:
         gates = router_gates(x, router_weight)
-    s_in, s_out = mixed_scales(gates, scale_in, scale_out, torch.float32)
-    scaled = quantize_activations(x.to(torch.float32) * s_in)
-    y = signed_sums(scaled, packed, in_features) * s_out
+    # int8 activations are rounded in float32, as the native kernel rounds them
+    dtype = x.dtype if activation_bits is None else torch.float32
+    s_in, s_out = mixed_scales(gates, scale_in, scale_out, dtype)
+    scaled = x.to(dtype) * s_in
+    if activation_bits is not None:
+        scaled = quantize_activations(scaled)
+    y = signed_sums(scaled, packed, in_features, kernels) * s_out
     if bias is not None:
-        y = y + bias.to(torch.float32)
+        y = y + bias.to(dtype)
     return y.to(x.dtype)
 
 
