@@ -4,7 +4,7 @@ grouped-query models when one token is decoded.
 A model with grouped-query attention (SmolLM2, LLaMA 3, Qwen, Mistral ...) has fewer key/value heads than query
 heads. Under ``torch.compile`` transformers' ``"sdpa"`` repeats every key/value head of the cache before the product
 (its folding of the query heads is turned off while compiling), so one decoded token copies the whole cache once
-per layer: on SmolLM2-135M with a 200-position static cache that copy was about 1.8 ms of a 15 ms step on CPU.
+per layer: on SmolLM2-135M with a 200-position static cache, 1.45 ms of a compiled 13 ms CPU step (profiled).
 Here, for one query token, the query heads sharing a key/value head become the rows of one attention over that head's
 cache (the attention of each row is unchanged); every other call is transformers' ``"sdpa"`` itself. The mask is
 the one ``"sdpa"`` builds.
